@@ -1,0 +1,125 @@
+// The op interface every network is written against. One interface, two backends:
+// the CPU backend (src/backend/cpu) is the exact float32 reference; the CUDA backend
+// (src/backend/cuda, kernels/) is the product's speed. A model never branches on the
+// backend. Fused ops are defined by their CPU composition.
+//
+// Layout conventions (all row-major, contiguous):
+//   token tensors      [N, D]            (N tokens, D features)
+//   attention q/k/v/o  [N, H, hd]        (token-major, heads inside)
+//   video tensors      [C, T, H, W]      (VAE, latents)
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mogagen/tensor.h"
+
+namespace mg {
+
+// Packed variable-length segments: segment i covers rows [cu[i], cu[i+1]) of a packed
+// tensor. cu.size() = number of segments + 1, cu.front() = 0.
+using CuSeqlens = std::vector<int64_t>;
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+
+  // ---- memory --------------------------------------------------------------------------
+  // Move a host tensor (any dtype) to the backend's compute type for weights
+  // (CPU: F32 host tensor; CUDA: BF16 device tensor, F32 when keep_f32).
+  virtual Tensor weight(const Tensor& host, bool keep_f32 = false) = 0;
+  // Host F32 -> backend F32 activation; backend -> host F32.
+  virtual Tensor upload(const Tensor& host_f32) = 0;
+  virtual Tensor download(const Tensor& t) = 0;
+  virtual Tensor empty(const Shape& s) = 0;  // F32 activation
+  virtual Tensor zeros(const Shape& s) = 0;
+
+  // ---- linear algebra ------------------------------------------------------------------
+  // y[M,N] = x[M,K] . w[N,K]^T (+ b[N])   (nn.Linear)
+  virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b) = 0;
+
+  // ---- elementwise ---------------------------------------------------------------------
+  virtual Tensor add(const Tensor& a, const Tensor& b) = 0;       // same numel
+  virtual void add_(Tensor& a, const Tensor& b) = 0;              // a += b
+  virtual Tensor mul(const Tensor& a, const Tensor& b) = 0;       // same numel
+  virtual Tensor gelu_tanh(const Tensor& x) = 0;
+  virtual Tensor silu(const Tensor& x) = 0;
+  // a += y * gate[D] (row broadcast), a,y: [N, D]
+  virtual void gated_add_(Tensor& a, const Tensor& y, const Tensor& gate) = 0;
+  // x[N, D] + row[D] broadcast
+  virtual Tensor add_row(const Tensor& x, const Tensor& row) = 0;
+  // GELU_tanh(a) * b (T5 gated FFN)
+  virtual Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) = 0;
+
+  // ---- norms (statistics in float32) ----------------------------------------------------
+  // LayerNorm over the last dim; w and b optional (no affine when null).
+  virtual Tensor layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps) = 0;
+  // LayerNorm (no affine) then x*(1+scale)+shift, scale/shift [D].
+  virtual Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                                     float eps) = 0;
+  // y = x * rsqrt(mean(x^2) + eps) * w over the last dim.
+  virtual Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) = 0;
+  // Wan VAE RMS_norm over channels of [C, T, H, W]: x / max(||x||_2, eps) * sqrt(C) * gamma[C]
+  virtual Tensor channel_l2_norm(const Tensor& x, const Tensor& gamma, float eps = 1e-12f) = 0;
+
+  // ---- positional ----------------------------------------------------------------------
+  // Interleaved (GPT-J) rotary embedding in place: x [N, H, hd]; cos/sin [N, hd/2]
+  // (pair j of token n rotates by the angle whose cos/sin are cos[n, j], sin[n, j]).
+  virtual void rope_(Tensor& x, const Tensor& cos, const Tensor& sin) = 0;
+
+  // ---- attention -----------------------------------------------------------------------
+  // o[Nq,H,hd] = softmax(scale * q k^T + bias) v, non-causal, per head.
+  // bias (optional) is [H, Nq, Nk]. k/v may have a different token count than q.
+  virtual Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                           const Tensor* bias = nullptr) = 0;
+  // Variable-length packed attention: query segment i (rows cu_q[i]..cu_q[i+1]) attends
+  // to key/value segment i (rows cu_kv[i]..cu_kv[i+1]). Empty segments produce nothing.
+  virtual Tensor attention_varlen(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const CuSeqlens& cu_q, const CuSeqlens& cu_kv,
+                                  float scale) = 0;
+
+  // ---- gather / scatter (token rows) -----------------------------------------------------
+  // out[i] = x[idx[i]] for [N, ...] tensors (rows are dim 0)
+  virtual Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& idx) = 0;
+  // out[idx[i]] += x[i] * w[i]  (w optional: 1)
+  virtual void scatter_add_rows_(Tensor& out, const Tensor& x, const std::vector<int64_t>& idx,
+                                 const std::vector<float>* w = nullptr) = 0;
+  virtual Tensor scale(const Tensor& x, float s) = 0;
+
+  // ---- video / conv (VAE) --------------------------------------------------------------
+  // 3D convolution (cross-correlation), x [Cin, T, H, W], w [Cout, Cin, kt, kh, kw], b [Cout]
+  // optional. Zero padding: pad_t_front frames before (none after), pad_h / pad_w on both
+  // sides of H / W. Stride 1.
+  virtual Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* b, int pad_t_front,
+                        int pad_h, int pad_w) = 0;
+  // Nearest 2x spatial upsample of [C, T, H, W].
+  virtual Tensor upsample2x(const Tensor& x) = 0;
+  // Concatenate along dim 1 (time) of [C, T, H, W] tensors; slice frames [t0, t1).
+  virtual Tensor cat_time(const Tensor& a, const Tensor& b) = 0;
+  virtual Tensor slice_time(const Tensor& x, int64_t t0, int64_t t1) = 0;
+  // [C, T, 2H, W] from time_conv output [2C, T, H, W] -> [C, 2T, H, W]: channel half 0 is
+  // frame 2j, half 1 frame 2j+1.
+  virtual Tensor interleave_time(const Tensor& x) = 0;
+  // 2D transpose of a [R, C] tensor.
+  virtual Tensor transpose(const Tensor& x) = 0;
+  // Clamp elementwise.
+  virtual Tensor clamp(const Tensor& x, float lo, float hi) = 0;
+
+  // ---- copies ---------------------------------------------------------------------------
+  virtual Tensor copy(const Tensor& x) = 0;
+  virtual void copy_(Tensor& dst, const Tensor& src) = 0;  // same numel
+  virtual void synchronize() {}
+};
+
+// The float32 CPU reference backend (OpenBLAS GEMM).
+std::unique_ptr<Ops> make_cpu_ops();
+// The CUDA backend; throws mg::Error(Device) when CUDA is not built or no GPU is present.
+std::unique_ptr<Ops> make_cuda_ops(int device_index);
+bool cuda_available();  // built with CUDA and a device is visible
+// "cpu" | "cuda" | "cuda:N"
+std::unique_ptr<Ops> make_ops(const std::string& device);
+
+}  // namespace mg

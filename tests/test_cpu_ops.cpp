@@ -1,0 +1,278 @@
+// Each CPU op against a naive, loop-by-loop reference on random data.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "mogagen/ops.h"
+
+using namespace mg;
+
+namespace {
+
+Tensor randn(const Shape& s, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  Tensor t = Tensor::empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(g);
+  return t;
+}
+
+void expect_close(const Tensor& a, const Tensor& b, double tol = 1e-5) {
+  ASSERT_EQ(a.numel(), b.numel());
+  EXPECT_LT(rel_error(a, b), tol);
+}
+
+Tensor naive_linear(const Tensor& x, const Tensor& w, const Tensor* b) {
+  const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
+  Tensor y = Tensor::empty({m, n});
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = b ? b->f32()[j] : 0.0;
+      for (int64_t l = 0; l < k; ++l) s += double(x.f32()[i * k + l]) * w.f32()[j * k + l];
+      y.f32()[i * n + j] = float(s);
+    }
+  return y;
+}
+
+// o[i,h,:] = softmax_j(scale q_i.k_j + bias[h,i,j]) v_j over a key range
+void naive_attn(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o, int64_t q0,
+                int64_t q1, int64_t k0, int64_t k1, float scale, const Tensor* bias) {
+  const int64_t h = q.dim(1), d = q.dim(2), nq = q.dim(0), nk = k.dim(0);
+  for (int64_t hh = 0; hh < h; ++hh)
+    for (int64_t i = q0; i < q1; ++i) {
+      std::vector<double> s(k1 - k0);
+      double mx = -1e300;
+      for (int64_t j = k0; j < k1; ++j) {
+        double a = 0;
+        for (int64_t c = 0; c < d; ++c)
+          a += double(q.f32()[(i * h + hh) * d + c]) * k.f32()[(j * h + hh) * d + c];
+        a *= scale;
+        if (bias) a += bias->f32()[(hh * nq + i) * nk + j];
+        s[j - k0] = a;
+        mx = std::max(mx, a);
+      }
+      double sum = 0;
+      for (auto& x : s) sum += (x = std::exp(x - mx));
+      for (int64_t c = 0; c < d; ++c) {
+        double acc = 0;
+        for (int64_t j = k0; j < k1; ++j) acc += s[j - k0] / sum * v.f32()[(j * h + hh) * d + c];
+        o.f32()[(i * h + hh) * d + c] = float(acc);
+      }
+    }
+}
+
+}  // namespace
+
+TEST(CpuOps, LinearMatchesNaive) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({7, 13}, 1), w = randn({5, 13}, 2), b = randn({5}, 3);
+  expect_close(ops->linear(x, w, &b), naive_linear(x, w, &b));
+  expect_close(ops->linear(x, w, nullptr), naive_linear(x, w, nullptr));
+  // leading dims are flattened
+  Tensor y = ops->linear(x.reshape({7, 1, 13}), w, &b);
+  EXPECT_EQ(y.shape(), (Shape{7, 1, 5}));
+}
+
+TEST(CpuOps, AttentionWithBiasMatchesNaive) {
+  auto ops = make_cpu_ops();
+  Tensor q = randn({9, 3, 8}, 4), k = randn({11, 3, 8}, 5), v = randn({11, 3, 8}, 6);
+  Tensor bias = randn({3, 9, 11}, 7);
+  Tensor ref = Tensor::zeros(q.shape());
+  naive_attn(q, k, v, ref, 0, 9, 0, 11, 0.3f, &bias);
+  expect_close(ops->attention(q, k, v, 0.3f, &bias), ref);
+  Tensor ref2 = Tensor::zeros(q.shape());
+  naive_attn(q, k, v, ref2, 0, 9, 0, 11, 1.0f, nullptr);
+  expect_close(ops->attention(q, k, v, 1.0f, nullptr), ref2);
+}
+
+TEST(CpuOps, AttentionVarlenMatchesPerSegment) {
+  auto ops = make_cpu_ops();
+  Tensor q = randn({10, 2, 4}, 8), k = randn({12, 2, 4}, 9), v = randn({12, 2, 4}, 10);
+  CuSeqlens cq{0, 3, 3, 10}, ck{0, 5, 7, 12};  // middle query segment is empty
+  Tensor ref = Tensor::zeros(q.shape());
+  naive_attn(q, k, v, ref, 0, 3, 0, 5, 0.5f, nullptr);
+  naive_attn(q, k, v, ref, 3, 10, 7, 12, 0.5f, nullptr);
+  expect_close(ops->attention_varlen(q, k, v, cq, ck, 0.5f), ref);
+  EXPECT_THROW(ops->attention_varlen(q, k, v, {0, 3}, {0, 12}, 0.5f), Error);
+}
+
+TEST(CpuOps, NormsMatchNaive) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({6, 10}, 11, 3.0f), w = randn({10}, 12), b = randn({10}, 13);
+  Tensor sh = randn({10}, 14), sc = randn({10}, 15);
+  Tensor ln = Tensor::empty(x.shape()), lnm = Tensor::empty(x.shape()), rms = Tensor::empty(x.shape());
+  for (int i = 0; i < 6; ++i) {
+    double m = 0, v = 0, ss = 0;
+    for (int j = 0; j < 10; ++j) m += x.f32()[i * 10 + j];
+    m /= 10;
+    for (int j = 0; j < 10; ++j) {
+      double d = x.f32()[i * 10 + j] - m;
+      v += d * d;
+      ss += double(x.f32()[i * 10 + j]) * x.f32()[i * 10 + j];
+    }
+    v /= 10;
+    for (int j = 0; j < 10; ++j) {
+      double n = (x.f32()[i * 10 + j] - m) / std::sqrt(v + 1e-6);
+      ln.f32()[i * 10 + j] = float(n * w.f32()[j] + b.f32()[j]);
+      lnm.f32()[i * 10 + j] = float(n * (1 + sc.f32()[j]) + sh.f32()[j]);
+      rms.f32()[i * 10 + j] = float(x.f32()[i * 10 + j] / std::sqrt(ss / 10 + 1e-6) * w.f32()[j]);
+    }
+  }
+  expect_close(ops->layer_norm(x, &w, &b, 1e-6f), ln);
+  expect_close(ops->layer_norm_modulate(x, sh, sc, 1e-6f), lnm);
+  expect_close(ops->rms_norm(x, w, 1e-6f), rms);
+}
+
+TEST(CpuOps, ChannelL2NormMatchesNaive) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({5, 2, 3, 4}, 16), g = randn({5}, 17);
+  Tensor ref = Tensor::empty(x.shape());
+  const int64_t p = 24;
+  for (int64_t i = 0; i < p; ++i) {
+    double ss = 0;
+    for (int c = 0; c < 5; ++c) ss += double(x.f32()[c * p + i]) * x.f32()[c * p + i];
+    double n = std::max(std::sqrt(ss), 1e-12);
+    for (int c = 0; c < 5; ++c)
+      ref.f32()[c * p + i] = float(x.f32()[c * p + i] / n * std::sqrt(5.0) * g.f32()[c]);
+  }
+  expect_close(ops->channel_l2_norm(x, g), ref);
+  // an all-zero position stays zero (eps clamps the norm, no NaN)
+  Tensor z = Tensor::zeros({3, 1, 1, 2});
+  Tensor y = ops->channel_l2_norm(z, Tensor::full({3}, 1.0f));
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(y.f32()[i], 0.0f);
+}
+
+TEST(CpuOps, ElementwiseMatchNaive) {
+  auto ops = make_cpu_ops();
+  Tensor a = randn({4, 6}, 18, 2.0f), b = randn({4, 6}, 19), g = randn({6}, 20);
+  Tensor ge = ops->gelu_tanh(a), si = ops->silu(a), gm = ops->gelu_tanh_mul(a, b);
+  Tensor ar = ops->add_row(a, g);
+  Tensor acc = a.clone();
+  ops->gated_add_(acc, b, g);
+  for (int i = 0; i < 24; ++i) {
+    const double x = a.f32()[i];
+    const double gel = 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+    EXPECT_NEAR(ge.f32()[i], gel, 1e-5);
+    EXPECT_NEAR(si.f32()[i], x / (1 + std::exp(-x)), 1e-5);
+    EXPECT_NEAR(gm.f32()[i], gel * b.f32()[i], 1e-5);
+    EXPECT_NEAR(ar.f32()[i], x + g.f32()[i % 6], 1e-6);
+    EXPECT_NEAR(acc.f32()[i], x + b.f32()[i] * g.f32()[i % 6], 1e-6);
+  }
+  Tensor c = ops->clamp(a, -1.0f, 1.0f);
+  for (int i = 0; i < 24; ++i) EXPECT_EQ(c.f32()[i], std::min(1.0f, std::max(-1.0f, a.f32()[i])));
+}
+
+TEST(CpuOps, RopeMatchesNaive) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({3, 2, 6}, 21), ang = randn({3, 3}, 22);
+  Tensor c = Tensor::empty({3, 3}), s = Tensor::empty({3, 3});
+  for (int i = 0; i < 9; ++i) {
+    c.f32()[i] = std::cos(ang.f32()[i]);
+    s.f32()[i] = std::sin(ang.f32()[i]);
+  }
+  Tensor y = x.clone();
+  ops->rope_(y, c, s);
+  for (int n = 0; n < 3; ++n)
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 3; ++j) {
+        const float re = x.f32()[(n * 2 + h) * 6 + 2 * j], im = x.f32()[(n * 2 + h) * 6 + 2 * j + 1];
+        const float a = ang.f32()[n * 3 + j];
+        EXPECT_NEAR(y.f32()[(n * 2 + h) * 6 + 2 * j], re * std::cos(a) - im * std::sin(a), 1e-5);
+        EXPECT_NEAR(y.f32()[(n * 2 + h) * 6 + 2 * j + 1], re * std::sin(a) + im * std::cos(a), 1e-5);
+      }
+}
+
+TEST(CpuOps, Conv3dMatchesNaive) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({3, 4, 5, 6}, 23), w = randn({2, 3, 3, 3, 3}, 24), b = randn({2}, 25);
+  Tensor y = ops->conv3d(x, w, &b, 2, 1, 1);  // causal: 2 frames in front
+  ASSERT_EQ(y.shape(), (Shape{2, 4, 5, 6}));
+  Tensor ref = Tensor::empty(y.shape());
+  for (int co = 0; co < 2; ++co)
+    for (int t = 0; t < 4; ++t)
+      for (int i = 0; i < 5; ++i)
+        for (int j = 0; j < 6; ++j) {
+          double s = b.f32()[co];
+          for (int ci = 0; ci < 3; ++ci)
+            for (int dt = 0; dt < 3; ++dt)
+              for (int dy = 0; dy < 3; ++dy)
+                for (int dx = 0; dx < 3; ++dx) {
+                  const int it = t + dt - 2, iy = i + dy - 1, ix = j + dx - 1;
+                  if (it < 0 || iy < 0 || iy >= 5 || ix < 0 || ix >= 6) continue;
+                  s += double(w.f32()[(((co * 3 + ci) * 3 + dt) * 3 + dy) * 3 + dx]) *
+                       x.f32()[((ci * 4 + it) * 5 + iy) * 6 + ix];
+                }
+          ref.f32()[((co * 4 + t) * 5 + i) * 6 + j] = float(s);
+        }
+  expect_close(y, ref);
+  // 1x1x1 conv equals a linear over channels
+  Tensor w1 = randn({4, 3, 1, 1, 1}, 26);
+  Tensor y1 = ops->conv3d(x, w1, nullptr, 0, 0, 0);
+  Tensor lin = ops->linear(ops->transpose(x.reshape({3, 120})), w1.reshape({4, 3}), nullptr);
+  expect_close(y1.reshape({4, 120}), ops->transpose(lin));
+}
+
+TEST(CpuOps, VideoReshapesMatchNaive) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({4, 2, 2, 3}, 27);
+  Tensor u = ops->upsample2x(x);
+  ASSERT_EQ(u.shape(), (Shape{4, 2, 4, 6}));
+  for (int c = 0; c < 4; ++c)
+    for (int t = 0; t < 2; ++t)
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 6; ++j)
+          EXPECT_EQ(u.f32()[((c * 2 + t) * 4 + i) * 6 + j], x.f32()[((c * 2 + t) * 2 + i / 2) * 3 + j / 2]);
+  Tensor il = ops->interleave_time(x);  // [2, 4, 2, 3]
+  ASSERT_EQ(il.shape(), (Shape{2, 4, 2, 3}));
+  for (int s = 0; s < 2; ++s)
+    for (int c = 0; c < 2; ++c)
+      for (int t = 0; t < 2; ++t)
+        for (int p = 0; p < 6; ++p)
+          EXPECT_EQ(il.f32()[(c * 4 + 2 * t + s) * 6 + p], x.f32()[((s * 2 + c) * 2 + t) * 6 + p]);
+  Tensor cat = ops->cat_time(x, ops->slice_time(x, 1, 2));
+  ASSERT_EQ(cat.shape(), (Shape{4, 3, 2, 3}));
+  for (int c = 0; c < 4; ++c)
+    for (int p = 0; p < 6; ++p) {
+      EXPECT_EQ(cat.f32()[(c * 3 + 0) * 6 + p], x.f32()[(c * 2 + 0) * 6 + p]);
+      EXPECT_EQ(cat.f32()[(c * 3 + 2) * 6 + p], x.f32()[(c * 2 + 1) * 6 + p]);
+    }
+  Tensor m = randn({3, 5}, 28), tr = ops->transpose(m);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 5; ++j) EXPECT_EQ(tr.f32()[j * 3 + i], m.f32()[i * 5 + j]);
+}
+
+TEST(CpuOps, GatherScatterRows) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({5, 3}, 29);
+  Tensor g = ops->gather_rows(x, {4, 0, 4});
+  for (int j = 0; j < 3; ++j) {
+    EXPECT_EQ(g.f32()[j], x.f32()[12 + j]);
+    EXPECT_EQ(g.f32()[3 + j], x.f32()[j]);
+  }
+  Tensor out = Tensor::zeros({5, 3});
+  std::vector<float> w{0.5f, 2.0f, 1.0f};
+  ops->scatter_add_rows_(out, g, {1, 2, 1}, &w);
+  for (int j = 0; j < 3; ++j) {
+    EXPECT_FLOAT_EQ(out.f32()[3 + j], 0.5f * x.f32()[12 + j] + x.f32()[12 + j]);
+    EXPECT_FLOAT_EQ(out.f32()[6 + j], 2.0f * x.f32()[j]);
+    EXPECT_EQ(out.f32()[j], 0.0f);
+  }
+  EXPECT_THROW(ops->gather_rows(x, {5}), Error);
+}
+
+TEST(Tensor, DtypeConversions) {
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.5f)), 1.5f);
+  EXPECT_EQ(bf16_to_f32(0x3f80), 1.0f);
+  EXPECT_EQ(f16_to_f32(0x3c00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0xc000), -2.0f);
+  EXPECT_EQ(f16_to_f32(f32_to_f16(0.333251953125f)), 0.333251953125f);
+  EXPECT_EQ(f8e4m3_to_f32(0x38), 1.0f);   // exp 7, mant 0
+  EXPECT_EQ(f8e4m3_to_f32(0x7e), 448.0f);  // max finite
+  EXPECT_EQ(f8e4m3_to_f32(0x01), std::ldexp(1.0f, -9));
+  EXPECT_TRUE(std::isnan(f8e4m3_to_f32(0x7f)));
+  Tensor t = Tensor::from_vector({1.0f, -2.5f, 3.25f}, {3});
+  Tensor back = t.to(DType::BF16).to(DType::F32);
+  EXPECT_EQ(rel_error(back, t), 0.0);
+  EXPECT_TRUE(std::isinf(rel_error(Tensor::from_vector({NAN, 0, 0}, {3}), t)));
+}
