@@ -17,7 +17,7 @@ std::vector<VerifyLine> verify_sched(const std::string& dir_in, Ops& /*ops*/) {
   // Configurations are "{solver}_{steps}_{shift}" prefixes of the tensor names.
   std::set<std::string> configs;
   for (const auto& n : src.names()) {
-    const auto dot = n.find('.', n.rfind('_'));
+    const auto dot = n.rfind('.');  // "unipc_10_3.0.x4" -> "unipc_10_3.0"
     if (dot != std::string::npos) configs.insert(n.substr(0, dot));
   }
   if (configs.empty())

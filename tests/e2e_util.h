@@ -1,0 +1,50 @@
+// Helpers for end-to-end tests that run the mogagen binary.
+#pragma once
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace e2e {
+
+struct Run {
+  int code = -1;
+  std::string out;  // stdout + stderr
+};
+
+// Runs a shell command, capturing stdout and stderr together.
+inline Run sh(const std::string& cmd) {
+  Run r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+inline std::string bin() { return MOGAGEN_BINARY; }
+inline std::string src() { return MOGAGEN_SOURCE_DIR; }
+inline std::string q(const std::string& s) { return "'" + s + "'"; }
+
+inline std::string tmpdir(const std::string& tag) {
+  std::string t = std::filesystem::temp_directory_path().string() + "/mogagen-" + tag + "-XXXXXX";
+  char* d = mkdtemp(t.data());
+  return d ? std::string(d) : t;
+}
+
+inline void write_file(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+inline bool have(const char* tool) {
+  return sh(std::string("command -v ") + tool + " >/dev/null").code == 0;
+}
+
+}  // namespace e2e
