@@ -36,6 +36,10 @@ class WeightMap {
   static WeightMap open(const std::string& path, Component comp);
   static WeightMap from_source(TensorSource src, Component comp);
 
+  // Adds the tensors of another file (e.g. MoGA routers, --moga-weights) by canonical name;
+  // a name present in both takes the new file's tensor.
+  void merge(const std::string& path);
+
   Layout layout() const { return layout_; }
   const TensorSource& source() const { return src_; }
   bool has(const std::string& canonical) const;
