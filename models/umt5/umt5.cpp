@@ -1,0 +1,141 @@
+#include "models/umt5/umt5.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace mg {
+
+UMT5Config UMT5Config::from_json(const nlohmann::json& j) {
+  UMT5Config c;
+  try {
+    auto get = [&](const char* k, auto& dst) {
+      if (j.contains(k) && !j[k].is_null()) dst = j[k].get<std::decay_t<decltype(dst)>>();
+    };
+    get("vocab_size", c.vocab_size);
+    get("d_model", c.d_model);
+    get("d_kv", c.d_kv);
+    get("d_ff", c.d_ff);
+    get("num_layers", c.num_layers);
+    get("num_heads", c.num_heads);
+    get("relative_attention_num_buckets", c.relative_attention_num_buckets);
+    get("relative_attention_max_distance", c.relative_attention_max_distance);
+    get("layer_norm_epsilon", c.layer_norm_epsilon);
+  } catch (const nlohmann::json::exception& e) {
+    throw weights_error(std::string("umT5 config.json: a field has the wrong type: ") + e.what());
+  }
+  if (c.d_model <= 0 || c.num_heads <= 0 || c.d_kv <= 0 || c.num_layers <= 0 || c.d_ff <= 0)
+    throw weights_error("umT5 config.json: d_model, d_kv, d_ff, num_heads and num_layers must be positive");
+  return c;
+}
+
+UMT5Config UMT5Config::infer(const WeightMap& m) {
+  UMT5Config c;
+  const Shape e = m.shape("shared.weight");
+  c.vocab_size = int(e[0]);
+  c.d_model = int(e[1]);
+  const Shape rb = m.shape("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+  c.relative_attention_num_buckets = int(rb[0]);
+  c.num_heads = int(rb[1]);
+  c.d_kv = int(m.shape("encoder.block.0.layer.0.SelfAttention.q.weight")[0]) / c.num_heads;
+  c.d_ff = int(m.shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0]);
+  int n = 0;
+  while (m.has("encoder.block." + std::to_string(n) + ".layer.0.SelfAttention.q.weight")) ++n;
+  c.num_layers = n;
+  return c;
+}
+
+std::vector<WeightSpec> UMT5Config::expected_weights() const {
+  const int64_t d = d_model, inner = int64_t(num_heads) * d_kv, f = d_ff;
+  std::vector<WeightSpec> w = {{"shared.weight", {vocab_size, d}},
+                               {"encoder.final_layer_norm.weight", {d}}};
+  for (int i = 0; i < num_layers; ++i) {
+    const std::string p = "encoder.block." + std::to_string(i) + ".";
+    w.push_back({p + "layer.0.layer_norm.weight", {d}});
+    w.push_back({p + "layer.0.SelfAttention.q.weight", {inner, d}});
+    w.push_back({p + "layer.0.SelfAttention.k.weight", {inner, d}});
+    w.push_back({p + "layer.0.SelfAttention.v.weight", {inner, d}});
+    w.push_back({p + "layer.0.SelfAttention.o.weight", {d, inner}});
+    w.push_back({p + "layer.0.SelfAttention.relative_attention_bias.weight",
+                 {relative_attention_num_buckets, num_heads}});
+    w.push_back({p + "layer.1.layer_norm.weight", {d}});
+    w.push_back({p + "layer.1.DenseReluDense.wi_0.weight", {f, d}});
+    w.push_back({p + "layer.1.DenseReluDense.wi_1.weight", {f, d}});
+    w.push_back({p + "layer.1.DenseReluDense.wo.weight", {d, f}});
+  }
+  return w;
+}
+
+int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance) {
+  const int nb = num_buckets / 2;  // bidirectional
+  int bucket = rel > 0 ? nb : 0;
+  const int64_t n = rel < 0 ? -rel : rel;
+  const int max_exact = nb / 2;
+  if (n < max_exact) return bucket + int(n);
+  // float32 arithmetic as the reference, truncated toward zero
+  const float v = std::log(float(n) / float(max_exact)) /
+                  std::log(float(max_distance) / float(max_exact)) * float(nb - max_exact);
+  int large = max_exact + int(v);
+  if (large > nb - 1) large = nb - 1;
+  return bucket + large;
+}
+
+UMT5Encoder::UMT5Encoder(const UMT5Config& cfg, const WeightMap& m, Ops& ops) : cfg_(cfg), ops_(ops) {
+  m.check(cfg_.expected_weights(), /*allow_extra=*/true);
+  embed_host_ = m.load_f32("shared.weight");
+  for (int i = 0; i < cfg_.num_layers; ++i) {
+    const std::string p = "encoder.block." + std::to_string(i) + ".";
+    Block b;
+    b.norm1 = ops_.weight(m.load_f32(p + "layer.0.layer_norm.weight"), true);
+    b.q = ops_.weight(m.load_f32(p + "layer.0.SelfAttention.q.weight"));
+    b.k = ops_.weight(m.load_f32(p + "layer.0.SelfAttention.k.weight"));
+    b.v = ops_.weight(m.load_f32(p + "layer.0.SelfAttention.v.weight"));
+    b.o = ops_.weight(m.load_f32(p + "layer.0.SelfAttention.o.weight"));
+    rel_bias_host_.push_back(m.load_f32(p + "layer.0.SelfAttention.relative_attention_bias.weight"));
+    b.norm2 = ops_.weight(m.load_f32(p + "layer.1.layer_norm.weight"), true);
+    b.wi0 = ops_.weight(m.load_f32(p + "layer.1.DenseReluDense.wi_0.weight"));
+    b.wi1 = ops_.weight(m.load_f32(p + "layer.1.DenseReluDense.wi_1.weight"));
+    b.wo = ops_.weight(m.load_f32(p + "layer.1.DenseReluDense.wo.weight"));
+    blocks_.push_back(std::move(b));
+  }
+  final_norm_ = ops_.weight(m.load_f32("encoder.final_layer_norm.weight"), true);
+}
+
+Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
+  const int64_t L = int64_t(ids.size()), d = cfg_.d_model, H = cfg_.num_heads, dk = cfg_.d_kv;
+  if (L == 0) throw internal_error("umT5: empty token sequence");
+  Tensor x = Tensor::empty({L, d});
+  for (int64_t i = 0; i < L; ++i) {
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
+      throw input_error("token id " + std::to_string(ids[i]) + " is outside the text encoder's vocabulary of " +
+                        std::to_string(cfg_.vocab_size) + " (tokenizer and text encoder do not match)");
+    std::memcpy(x.f32() + i * d, embed_host_.f32() + ids[i] * d, d * sizeof(float));
+  }
+  // Relative position buckets for this length (host, exact integers).
+  std::vector<int> bucket(size_t(L * L));
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t j = 0; j < L; ++j)
+      bucket[i * L + j] = t5_relative_bucket(j - i, cfg_.relative_attention_num_buckets,
+                                             cfg_.relative_attention_max_distance);
+  Tensor hs = ops_.upload(x);
+  const float eps = float(cfg_.layer_norm_epsilon);
+  for (size_t li = 0; li < blocks_.size(); ++li) {
+    const Block& b = blocks_[li];
+    const Tensor& tab = rel_bias_host_[li];  // [buckets, heads]
+    Tensor bias = Tensor::empty({H, L, L});
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < L * L; ++i) bias.f32()[h * L * L + i] = tab.f32()[bucket[i] * H + h];
+    Tensor bias_d = ops_.upload(bias);
+    Tensor a = ops_.rms_norm(hs, b.norm1, eps);
+    Tensor q = ops_.linear(a, b.q, nullptr).reshape({L, H, dk});
+    Tensor k = ops_.linear(a, b.k, nullptr).reshape({L, H, dk});
+    Tensor v = ops_.linear(a, b.v, nullptr).reshape({L, H, dk});
+    Tensor o = ops_.attention(q, k, v, 1.0f, &bias_d);
+    ops_.add_(hs, ops_.linear(o.reshape({L, H * dk}), b.o, nullptr));
+    Tensor f = ops_.rms_norm(hs, b.norm2, eps);
+    Tensor g = ops_.gelu_tanh_mul(ops_.linear(f, b.wi0, nullptr), ops_.linear(f, b.wi1, nullptr));
+    ops_.add_(hs, ops_.linear(g, b.wo, nullptr));
+  }
+  return ops_.download(ops_.rms_norm(hs, final_norm_, eps));
+}
+
+}  // namespace mg

@@ -1,0 +1,46 @@
+// The umT5-XXL encoder as Wan2.1 uses it (wan-notes §2): pre-norm T5 blocks with a
+// relative position bias table in every layer, no attention scaling, gated tanh-GELU FFN,
+// T5 RMSNorm, no biases. Written only against mg::Ops.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "mogagen/checkpoint.h"
+#include "mogagen/ops.h"
+
+namespace mg {
+
+struct UMT5Config {
+  int vocab_size = 256384, d_model = 4096, d_kv = 64, d_ff = 10240, num_layers = 24,
+      num_heads = 64;
+  int relative_attention_num_buckets = 32, relative_attention_max_distance = 128;
+  double layer_norm_epsilon = 1e-6;
+  static UMT5Config from_json(const nlohmann::json& j);  // Hugging Face UMT5Config
+  static UMT5Config infer(const WeightMap& m);
+  std::vector<WeightSpec> expected_weights() const;
+};
+
+// Bidirectional relative-position bucket of rel = key - query (T5, exact integer table).
+int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance);
+
+class UMT5Encoder {
+ public:
+  UMT5Encoder(const UMT5Config& cfg, const WeightMap& weights, Ops& ops);
+  const UMT5Config& config() const { return cfg_; }
+  // ids: the real tokens including EOS (no padding). Returns host F32 [L, d_model]; equal to
+  // the reference's masked run over a padded batch (masked keys get zero weight).
+  Tensor encode(const std::vector<int64_t>& ids);
+
+ private:
+  struct Block {
+    Tensor norm1, q, k, v, o, rel_bias, norm2, wi0, wi1, wo;
+  };
+  UMT5Config cfg_;
+  Ops& ops_;
+  Tensor embed_host_;  // [vocab, d_model] host F32 (gathered on the host)
+  std::vector<Block> blocks_;
+  std::vector<Tensor> rel_bias_host_;  // per layer [buckets, heads]
+  Tensor final_norm_;
+};
+
+}  // namespace mg
