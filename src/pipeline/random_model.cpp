@@ -16,6 +16,7 @@
 #include "pipeline/scheduler.h"
 
 #ifdef MOGAGEN_HAVE_SENTENCEPIECE
+#include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 #endif
 
@@ -122,8 +123,8 @@ void make_random_model(const RandomModelArgs& a) {
         "--input=" + corpus.string() + " --model_prefix=" + (out / "tokenizer" / "spiece").string() +
         " --vocab_size=" + std::to_string(vocab) +
         " --model_type=unigram --hard_vocab_limit=false --pad_id=0 --eos_id=1 --bos_id=2 "
-        "--unk_id=3 --character_coverage=1.0 --minloglevel=2 --num_threads=1 "
-        "--random_seed=" + std::to_string(a.seed + 1);
+        "--unk_id=3 --character_coverage=1.0 --minloglevel=2 --num_threads=1";
+    sentencepiece::SetRandomGeneratorSeed(static_cast<unsigned>(a.seed + 1));
     auto st = sentencepiece::SentencePieceTrainer::Train(args);
     if (!st.ok()) throw internal_error("training the tokenizer failed: " + st.ToString());
     fs::remove(corpus, ec);
