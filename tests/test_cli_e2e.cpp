@@ -74,14 +74,17 @@ TEST_F(CliE2E, DecodedFramesMatchEngineFrames) {
   // Render, then decode the saved latents again straight to raw frames through the tool in
   // tools/ (frames-dump) and compare with what ffmpeg decodes from the MP4.
   const std::string out = dir_ + "/psnr.mp4", lat = dir_ + "/psnr.safetensors";
-  auto r = sh(base() + "--prompt 'a blue square grows' --frames 5 -o " + q(out) +
+  auto r = sh(base() + "--prompt 'a blue square grows' --frames 5 --size 128x96 -o " + q(out) +
               " --save-latents " + q(lat) + " --crf 10");
   ASSERT_EQ(r.code, 0) << r.out;
   const std::string raw_engine = dir_ + "/engine.rgb";
   r = sh(bin() + " --model " + q(model_) + " --device cpu --decode-latents " + q(lat) +
          " --dump-rgb " + q(raw_engine) + " -o " + q(dir_ + "/psnr2.mp4"));
   ASSERT_EQ(r.code, 0) << r.out;
-  auto dec = sh("ffmpeg -v error -i " + q(out) + " -f rawvideo -pix_fmt rgb24 - | od -An -v -tu1 -w1");
+  // Chroma is upsampled back with bicubic filtering and full chroma interpolation.
+  auto dec = sh("ffmpeg -v error -i " + q(out) +
+                " -sws_flags bicubic+accurate_rnd+full_chroma_int -f rawvideo -pix_fmt rgb24 - | "
+                "od -An -v -tu1 -w1");
   ASSERT_EQ(dec.code, 0);
   std::ifstream f(raw_engine, std::ios::binary);
   std::string eng((std::istreambuf_iterator<char>(f)), {});
@@ -93,7 +96,7 @@ TEST_F(CliE2E, DecodedFramesMatchEngineFrames) {
     while (p < dec.out.size() && dec.out[p] != '\n') ++p;
   }
   ASSERT_EQ(a.size(), eng.size());
-  ASSERT_EQ(eng.size(), size_t(5 * 64 * 48 * 3));
+  ASSERT_EQ(eng.size(), size_t(5 * 128 * 96 * 3));
   double mse = 0;
   for (size_t i = 0; i < eng.size(); ++i) {
     const double d = double(a[i]) - double(uint8_t(eng[i]));
@@ -203,7 +206,7 @@ TEST_F(CliE2E, BadInputsGiveClearMessagesAndExitCodes) {
       {"size-format", base() + "-p hi --size big" + o, 2, {"WIDTHxHEIGHT", "big"}},
       {"frames", base() + "-p hi --frames 10" + o, 2, {"4k+1", "10", "nearest valid: 9"}},
       {"unknown-key", base() + "--shots " + q(d + "/unknown.json") + o, 3,
-       {"unknown.json: line 3, column 35", "unknown key \"promt\"", "did you mean \"prompt\""}},
+       {"unknown.json: line 3, column 34", "unknown key \"promt\"", "did you mean \"prompt\""}},
       {"bad-json", base() + "--shots " + q(d + "/broken.json") + o, 3, {"broken.json: line 1", "invalid JSON"}},
       {"not-a-shot-list", base() + "--shots " + q(d + "/noshots.json") + o, 3, {"\"shots\" array"}},
       {"wrong-type", base() + "--shots " + q(d + "/type.json") + o, 3, {"line 1", "\"steps\" must be an integer", "\"many\""}},

@@ -117,6 +117,8 @@ int run(int argc, char** argv) {
   o["crf"] = app.add_option("--crf", f.crf, "H.264 quality, 0..51 (18)");
   o["dump_rgb"] = app.add_option("--dump-rgb", f.dump_rgb,
                                  "also write the encoded frames as raw RGB8 (for tests)");
+  // A later occurrence of a flag overrides an earlier one (handy for wrapper scripts).
+  for (auto& kv : o) kv.second->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   bool quiet = false, verbose = false;
   app.add_flag("-q,--quiet", quiet, "errors only");
   app.add_flag("-v,--verbose", verbose, "per-stage times, memory, routing statistics");

@@ -98,7 +98,9 @@ std::string vae_resblock_inner(const std::string& s) {
   return "";
 }
 
-std::string vae_from_diffusers(const std::string& n) {
+// resnets: residual blocks per decoder up block (num_res_blocks + 1); the original names
+// number the decoder's up path flat: each up block's resnets, then its upsampler.
+std::string vae_from_diffusers(const std::string& n, int resnets = 3) {
   std::smatch mm;
   if (starts_with(n, "quant_conv.")) return "conv1." + n.substr(11);
   if (starts_with(n, "post_quant_conv.")) return "conv2." + n.substr(16);
@@ -130,11 +132,11 @@ std::string vae_from_diffusers(const std::string& n) {
       if (std::regex_match(r, mm, up_res)) {
         const int b = std::stoi(mm[1]), j = std::stoi(mm[2]);
         const std::string in = vae_resblock_inner(mm[3]);
-        return in.empty() ? "" : p + "upsamples." + std::to_string(b * 4 + j) + "." + in;
+        return in.empty() ? "" : p + "upsamples." + std::to_string(b * (resnets + 1) + j) + "." + in;
       }
       if (std::regex_match(r, mm, up_smp)) {
         const int b = std::stoi(mm[1]);
-        return p + "upsamples." + std::to_string(b * 4 + 3) + "." + std::string(mm[2]);
+        return p + "upsamples." + std::to_string(b * (resnets + 1) + resnets) + "." + std::string(mm[2]);
       }
     }
   }
@@ -332,8 +334,22 @@ WeightMap WeightMap::from_source(TensorSource src, Component comp) {
   WeightMap m;
   m.comp_ = comp;
   m.layout_ = detect_layout(src.names(), comp);
+  // diffusers VAE: residual blocks per up block, for the flat original numbering.
+  int resnets = 3;
+  if (comp == Component::VAE && m.layout_ == Layout::Diffusers) {
+    static const std::regex up(R"(decoder\.up_blocks\.0\.resnets\.(\d+)\..*)");
+    int mx = -1;
+    for (const auto& n : src.names()) {
+      std::smatch mm;
+      const std::string s2 = strip_prefix(n, comp);
+      if (std::regex_match(s2, mm, up)) mx = std::max(mx, std::stoi(mm[1]));
+    }
+    if (mx >= 0) resnets = mx + 1;
+  }
   for (const auto& n : src.names()) {
-    const std::string c = to_canonical(n, m.layout_, comp);
+    const std::string c = comp == Component::VAE && m.layout_ == Layout::Diffusers
+                              ? vae_from_diffusers(strip_prefix(n, comp), resnets)
+                              : to_canonical(n, m.layout_, comp);
     if (c.empty()) continue;
     if (comp == Component::T5 && c == "shared.weight" && m.canon_to_file_.count(c)) continue;
     m.canon_to_file_[c] = n;
@@ -395,11 +411,15 @@ void WeightMap::check(const std::vector<WeightSpec>& expected, bool allow_extra)
     if (got != w.shape)
       misshapen.push_back(w.name + ": expected " + shape_str(w.shape) + ", found " + shape_str(got));
   }
-  if (!allow_extra)
-    for (const auto& n : src_.names()) {
-      const std::string c = to_canonical(n, layout_, comp_);
-      if (c.empty() || !known.count(c)) extra.push_back(n);
+  if (!allow_extra) {
+    std::set<std::string> used;  // file names bound to an expected canonical name
+    for (const auto& k : known) {
+      auto it = canon_to_file_.find(k);
+      if (it != canon_to_file_.end()) used.insert(it->second);
     }
+    for (const auto& n : src_.names())
+      if (!used.count(n)) extra.push_back(n);
+  }
   if (missing.empty() && misshapen.empty() && extra.empty()) return;
   std::string msg = src_.describe() + " (" + component_name(comp_) + ", " + layout_name(layout_) +
                     ") does not match the model config:";

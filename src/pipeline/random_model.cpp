@@ -78,6 +78,16 @@ Tensor init_tensor(const WeightSpec& w, uint64_t seed) {
   }
   Tensor t = gaussian_noise(w.shape, seed);
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] *= scale;
+  // Spatial convolution kernels (3x3) of the VAE are made constant over their taps: random
+  // blur filters, so a random model decodes to smooth pictures rather than pixel noise
+  // (what video codecs and eyes expect of real output).
+  if (w.shape.size() >= 4 && w.shape[w.shape.size() - 1] == 3 && w.shape[w.shape.size() - 2] == 3) {
+    const int64_t taps = 9, groups = t.numel() / taps;
+    for (int64_t g = 0; g < groups; ++g) {
+      float* p = t.f32() + g * taps;
+      for (int k = 1; k < taps; ++k) p[k] = p[0];
+    }
+  }
   return t;
 }
 

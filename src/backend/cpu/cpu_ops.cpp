@@ -24,6 +24,10 @@ void expect_numel(const Tensor& a, const Tensor& b, const char* op) {
     throw internal_error(std::string(op) + ": size mismatch " + a.str() + " vs " + b.str());
 }
 
+// Parallel regions pay only for enough work: small loops run on one thread (idle OpenMP
+// workers spinning on an oversubscribed machine made small models many times slower).
+inline bool parallel_worth(int64_t work) { return work >= (int64_t(1) << 15); }
+
 inline float gelu_tanh_f(float x) {
   const float k = 0.7978845608028654f;  // sqrt(2/pi)
   return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
@@ -47,7 +51,7 @@ void attn_head(const float* q, const float* k, const float* v, float* o, int64_t
     float* s = buf.data();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, nk, d, scale, q + r0 * ldq, ldq,
                 k, ldk, 0.0f, s, nk);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(rb * nk))
     for (int64_t i = 0; i < rb; ++i) {
       float* row = s + i * nk;
       if (bias) {
@@ -109,7 +113,7 @@ class CpuOps final : public Ops {
       expect_f32(*b, "linear", "b");
       if (b->numel() != n) throw internal_error("linear: bias " + b->str() + " for " + w.str());
       const float* bp = b->f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(m * n))
       for (int64_t i = 0; i < m; ++i)
         for (int64_t j = 0; j < n; ++j) yp[i * n + j] += bp[j];
     }
@@ -123,7 +127,7 @@ class CpuOps final : public Ops {
     const float* a = x.f32();
     float* o = y.f32();
     const int64_t n = x.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
     for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
     return y;
   }
@@ -137,7 +141,7 @@ class CpuOps final : public Ops {
     const float* b = z.f32();
     float* o = y.f32();
     const int64_t n = x.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
     for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], b[i]);
     return y;
   }
@@ -152,7 +156,7 @@ class CpuOps final : public Ops {
     float* p = a.f32();
     const float* q = b.f32();
     const int64_t n = a.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
     for (int64_t i = 0; i < n; ++i) p[i] += q[i];
   }
   Tensor mul(const Tensor& a, const Tensor& b) override {
@@ -180,7 +184,7 @@ class CpuOps final : public Ops {
     float* p = a.f32();
     const float* q = y.f32();
     const float* g = gate.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n * d))
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < d; ++j) p[i * d + j] += q[i * d + j] * g[j];
   }
@@ -194,7 +198,7 @@ class CpuOps final : public Ops {
     const float* a = x.f32();
     const float* r = row.f32();
     float* o = y.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n * d))
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < d; ++j) o[i * d + j] = a[i * d + j] + r[j];
     return y;
@@ -209,7 +213,7 @@ class CpuOps final : public Ops {
     Tensor y = Tensor::empty(x.shape());
     const float* a = x.f32();
     float* o = y.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n * d))
     for (int64_t i = 0; i < n; ++i) {
       const float* r = a + i * d;
       double mean = 0;
@@ -256,7 +260,7 @@ class CpuOps final : public Ops {
     const float* a = x.f32();
     const float* g = w.f32();
     float* o = y.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n * d))
     for (int64_t i = 0; i < n; ++i) {
       const float* r = a + i * d;
       double ss = 0;
@@ -279,7 +283,7 @@ class CpuOps final : public Ops {
     float* o = y.f32();
     const double sc = std::sqrt(static_cast<double>(c));
     const int64_t tile = 1024;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(p * c))
     for (int64_t p0 = 0; p0 < p; p0 += tile) {
       const int64_t pn = std::min(tile, p - p0);
       double ss[1024];
@@ -309,7 +313,7 @@ class CpuOps final : public Ops {
     float* p = x.f32();
     const float* c = cos.f32();
     const float* s = sin.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n * h * hd))
     for (int64_t i = 0; i < n; ++i)
       for (int64_t hh = 0; hh < h; ++hh) {
         float* r = p + (i * h + hh) * hd;
@@ -370,7 +374,7 @@ class CpuOps final : public Ops {
     const float* a = x.f32();
     float* o = y.f32();
     const int64_t m = static_cast<int64_t>(idx.size());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(m * row))
     for (int64_t i = 0; i < m; ++i) {
       const int64_t r = idx[i];
       if (r < 0 || r >= n) continue;  // validated below
@@ -427,7 +431,7 @@ class CpuOps final : public Ops {
       for (int64_t r0 = 0; r0 < ho; r0 += rows) {
         const int64_t nr = std::min(rows, ho - r0), ncol = nr * wo;
         float* cp = col.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(kk * ncol))
         for (int64_t kidx = 0; kidx < kk; ++kidx) {
           const int64_t c = kidx / (kt * kh * kw);
           const int64_t rem = kidx % (kt * kh * kw);
@@ -460,7 +464,7 @@ class CpuOps final : public Ops {
     if (b) {
       expect_f32(*b, "conv3d", "b");
       const float* bp = b->f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(co * to * hw))
       for (int64_t c = 0; c < co; ++c) {
         float* p = yp + c * to * hw;
         for (int64_t i = 0; i < to * hw; ++i) p[i] += bp[c];
@@ -475,7 +479,7 @@ class CpuOps final : public Ops {
     Tensor y = Tensor::empty({c, t, 2 * h, 2 * w});
     const float* a = x.f32();
     float* o = y.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(c * t * 4 * h * w))
     for (int64_t p = 0; p < c * t; ++p)
       for (int64_t i = 0; i < 2 * h; ++i) {
         const float* s = a + (p * h + i / 2) * w;
@@ -536,7 +540,7 @@ class CpuOps final : public Ops {
     const float* a = x.f32();
     float* o = y.f32();
     const int64_t bs = 32;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(r * c))
     for (int64_t i0 = 0; i0 < r; i0 += bs)
       for (int64_t j0 = 0; j0 < c; j0 += bs)
         for (int64_t i = i0; i < std::min(r, i0 + bs); ++i)
@@ -573,13 +577,14 @@ std::unique_ptr<Ops> make_cpu_ops() { return std::make_unique<CpuOps>(); }
 
 std::unique_ptr<Ops> make_ops(const std::string& device) {
   if (device == "cpu") return make_cpu_ops();
+  if (device == "auto" || device.empty()) return cuda_available() ? make_cuda_ops(0) : make_cpu_ops();
   if (device == "cuda") return make_cuda_ops(0);
   if (device.rfind("cuda:", 0) == 0) {
     const std::string idx = device.substr(5);
     if (!idx.empty() && idx.find_first_not_of("0123456789") == std::string::npos)
       return make_cuda_ops(std::stoi(idx));
   }
-  throw usage_error("--device: expected cpu, cuda or cuda:N, got '" + device + "'");
+  throw usage_error("--device: expected auto, cpu, cuda or cuda:N, got '" + device + "'");
 }
 
 // ===== additions by model helpers go below this line =====
