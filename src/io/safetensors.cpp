@@ -129,17 +129,15 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     if (ti.end > data_size)
       throw tbad("data_offsets end " + std::to_string(ti.end) + " is past the data area of " +
                  std::to_string(data_size) + " bytes (truncated file?)");
-    // numel * size without overflow
+    // numel * size, saturating instead of overflowing
+    const __int128 cap = (__int128)1 << 100;
     __int128 bytes = dtype_size(ti.dtype);
-    for (int64_t d : ti.shape) {
-      bytes *= d;
-      if (bytes > (__int128)data_size + 1) break;
-    }
+    for (int64_t d : ti.shape) bytes = std::min<__int128>(bytes * d, cap);
     if (bytes != (__int128)(ti.end - ti.begin))
       throw tbad("holds " + std::to_string(ti.end - ti.begin) + " bytes, but shape " +
                  shape_str(ti.shape) + " x " + dtype_name(ti.dtype) + " needs " +
-                 (bytes > (__int128)data_size ? std::string("more than the file has")
-                                              : std::to_string((long long)bytes)));
+                 (bytes >= cap ? std::string("an impossibly large size")
+                               : std::to_string((unsigned long long)bytes)));
     if (ti.end > ti.begin) ranges.push_back({{ti.begin, ti.end}, name});
     f->tensors_[name] = ti;
   }
