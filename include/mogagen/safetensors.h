@@ -51,6 +51,9 @@ class TensorSource {
  public:
   static TensorSource open(const std::string& path);  // file or .index.json
   static TensorSource open_files(const std::vector<std::string>& paths);
+  // Host tensors held in memory under their names (benchmarks, tests); described as `label`.
+  static TensorSource from_tensors(std::map<std::string, Tensor> tensors,
+                                   const std::string& label = "(in memory)");
   bool has(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;  // throws BadWeights when absent
   std::vector<std::string> names() const;
@@ -63,6 +66,8 @@ class TensorSource {
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   std::vector<std::string> paths_;
   std::map<std::string, std::pair<int, TensorInfo>> index_;
+  std::map<std::string, Tensor> mem_;  // from_tensors: file index -1
+  std::string label_;
 };
 
 // Writes tensors (F32/BF16/F16/I64/I32) to a safetensors file (used by tools and tests).

@@ -227,6 +227,24 @@ TensorSource TensorSource::open_files(const std::vector<std::string>& paths) {
   return s;
 }
 
+TensorSource TensorSource::from_tensors(std::map<std::string, Tensor> tensors,
+                                       const std::string& label) {
+  TensorSource s;
+  s.label_ = label;
+  for (auto& [name, t] : tensors) {
+    if (!t.device().is_cpu()) throw internal_error("from_tensors: device tensor " + name);
+    TensorInfo ti;
+    ti.name = name;
+    ti.dtype = t.dtype();
+    ti.shape = t.shape();
+    ti.end = t.nbytes();
+    ti.file = -1;
+    s.index_[name] = {-1, ti};
+  }
+  s.mem_ = std::move(tensors);
+  return s;
+}
+
 bool TensorSource::has(const std::string& name) const { return index_.count(name) != 0; }
 
 const TensorInfo& TensorSource::info(const std::string& name) const {
@@ -245,6 +263,7 @@ std::vector<std::string> TensorSource::names() const {
 
 Tensor TensorSource::view(const std::string& name) const {
   const TensorInfo& ti = info(name);
+  if (ti.file < 0) return mem_.at(name);
   return files_[ti.file]->view(name);
 }
 
@@ -264,6 +283,7 @@ Tensor TensorSource::load_f32(const std::string& name) const {
 }
 
 std::string TensorSource::describe() const {
+  if (!label_.empty()) return label_;
   if (paths_.empty()) return "(no files)";
   if (paths_.size() == 1) return paths_[0];
   return paths_[0] + " (+" + std::to_string(paths_.size() - 1) + " more shards)";

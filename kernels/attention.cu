@@ -1,0 +1,575 @@
+// Attention.
+//  * Sdpa: cuDNN fused flash attention (bf16 q/k/v/o, fp32 softmax) through the backend
+//    graph API, dense and ragged (packed varlen), with a plan cache keyed by shape. The graph
+//    is the one documented in shared/cudnn-notes.md §3/§5 (matmul, scale, [padding mask],
+//    softmax as primitives with the mandatory LSE branch, matmul).
+//  * attention_f32: the exact fallback for what cuDNN rejects (head dim > 256 or not a
+//    multiple of 8, e.g. the VAE's 384; an additive bias, e.g. umT5): fp32 GEMM (cuBLAS, TF32
+//    off) - softmax kernel - fp32 GEMM, chunked over query rows. Semantics: CpuOps::attention.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <map>
+#include <string>
+
+#include "kernels/kernels.cuh"
+#include "mogagen/error.h"
+
+#ifdef MOGAGEN_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+
+namespace mg {
+namespace cuda {
+
+void log_warning(const std::string& msg);  // cuda_ops.cpp (spdlog)
+void log_debug(const std::string& msg);
+
+namespace {
+
+// ---- fallback: softmax over rows of the score block ------------------------------------------
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// s: [h, rb, nk] scores (already scaled); bias: [h, nq, nk] or null, row block starts at r0.
+__global__ void softmax_rows_kernel(float* __restrict__ s, const float* __restrict__ bias,
+                                    int64_t rb, int64_t nk, int64_t nq, int64_t r0) {
+  __shared__ float sh[32];
+  const int64_t row = blockIdx.x, hh = row / rb, i = row % rb;
+  float* p = s + row * nk;
+  const float* bp = bias ? bias + (hh * nq + r0 + i) * nk : nullptr;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) {
+    float v = p[j];
+    if (bp) {
+      v += bp[j];
+      p[j] = v;
+    }
+    mx = fmaxf(mx, v);
+  }
+  mx = warp_max(mx);
+  if (lane == 0) sh[warp] = mx;
+  __syncthreads();
+  mx = lane < nw ? sh[lane] : -INFINITY;
+  mx = warp_max(mx);
+  __syncthreads();
+
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) {
+    const float e = expf(p[j] - mx);
+    p[j] = e;
+    sum += e;
+  }
+  sum = warp_sum(sum);
+  if (lane == 0) sh[warp] = sum;
+  __syncthreads();
+  sum = lane < nw ? sh[lane] : 0.0f;
+  sum = warp_sum(sum);
+  const float inv = 1.0f / sum;
+  for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) p[j] *= inv;
+}
+
+}  // namespace
+
+void attention_f32(cublasHandle_t blas, cudaStream_t stream, DeviceMemory& mem, const float* q,
+                   const float* k, const float* v, float* o, int64_t nq, int64_t nk, int64_t h,
+                   int64_t d, int64_t ld, float scale, const float* bias) {
+  if (nq <= 0 || h <= 0 || d <= 0) return;
+  if (nk <= 0) {
+    MG_CUDA_CHECK(cudaMemset2DAsync(o, ld * sizeof(float), 0, h * d * sizeof(float), nq, stream));
+    return;
+  }
+  // Score block [h, rb, nk] bounded to 128 Mi floats (512 MB).
+  const int64_t budget = int64_t(1) << 27;
+  const int64_t rb = std::max<int64_t>(1, std::min<int64_t>(nq, budget / (h * nk)));
+  auto sbuf = mem.scratch(static_cast<size_t>(h * rb * nk) * sizeof(float));
+  float* S = static_cast<float*>(sbuf.get());
+  const float one = 1.0f, zero = 0.0f;
+  for (int64_t r0 = 0; r0 < nq; r0 += rb) {
+    const int64_t n = std::min(rb, nq - r0);
+    // S_h^T (nk x n, col-major) = K_h^T(op) . Q_h ; batch over heads (stride d).
+    MG_CUBLAS_CHECK(cublasSgemmStridedBatched(
+        blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(nk), static_cast<int>(n),
+        static_cast<int>(d), &scale, k, static_cast<int>(ld), d, q + r0 * ld, static_cast<int>(ld),
+        d, &zero, S, static_cast<int>(nk), n * nk, static_cast<int>(h)));
+    const int threads = nk >= 1024 ? 512 : (nk >= 256 ? 256 : 128);
+    softmax_rows_kernel<<<static_cast<unsigned>(h * n), threads, 0, stream>>>(S, bias, n, nk, nq,
+                                                                               r0);
+    MG_CUDA_LAUNCH_CHECK();
+    // O_h^T (d x n) = V_h (d x nk, col-major view) . P^T (nk x n)
+    MG_CUBLAS_CHECK(cublasSgemmStridedBatched(
+        blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(d), static_cast<int>(n),
+        static_cast<int>(nk), &one, v, static_cast<int>(ld), d, S, static_cast<int>(nk), n * nk,
+        &zero, o + r0 * ld, static_cast<int>(ld), d, static_cast<int>(h)));
+  }
+}
+
+// ================================================================================================
+// cuDNN SDPA
+// ================================================================================================
+
+#ifdef MOGAGEN_HAVE_CUDNN
+
+namespace {
+
+struct CudnnFailure {
+  std::string what;
+};
+
+std::string cudnn_reason(cudnnStatus_t s, const char* expr) {
+  char buf[1024] = {0};
+  cudnnGetLastErrorString(buf, sizeof(buf));
+  return std::string(expr) + ": " + cudnnGetErrorString(s) + (buf[0] ? std::string(" (") + buf + ")" : "");
+}
+
+#define MG_CUDNN_TRY(expr)                                                   \
+  do {                                                                       \
+    const cudnnStatus_t st_ = (expr);                                        \
+    if (st_ != CUDNN_STATUS_SUCCESS) throw CudnnFailure{cudnn_reason(st_, #expr)}; \
+  } while (0)
+
+#define MG_CUDNN_CHECK(expr)                                                                 \
+  do {                                                                                       \
+    const cudnnStatus_t st_ = (expr);                                                        \
+    if (st_ != CUDNN_STATUS_SUCCESS)                                                         \
+      throw ::mg::device_error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + \
+                               cudnn_reason(st_, #expr));                                    \
+  } while (0)
+
+// Attribute names marked deprecated in the 9.19 headers but still required by 9.14
+// (shared/cudnn-notes.md §2, §8); spelled by value to keep the build warning-free.
+const auto kGraphHandleAttr = static_cast<cudnnBackendAttributeName_t>(800);  // OPERATIONGRAPH_HANDLE
+const auto kPlanHandleAttr = static_cast<cudnnBackendAttributeName_t>(400);   // EXECUTION_PLAN_HANDLE
+
+enum Uid : int64_t {
+  kQ = 1, kK, kV, kO, kScale, kSeqQ, kSeqKV, kNegInf, kOffQ, kOffK, kOffV, kOffO,
+  kVirtual = 100
+};
+
+struct Plan {
+  std::vector<cudnnBackendDescriptor_t> descs;  // everything the plan was built from
+  cudnnBackendDescriptor_t plan = nullptr;
+  int64_t workspace = 0;
+  bool ok = false;
+  Plan() = default;
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+  ~Plan() {
+    if (plan) cudnnBackendDestroyDescriptor(plan);
+    for (auto it = descs.rbegin(); it != descs.rend(); ++it) cudnnBackendDestroyDescriptor(*it);
+  }
+};
+
+class GraphBuilder {
+ public:
+  explicit GraphBuilder(Plan& p) : keep_(p.descs) {}
+
+  cudnnBackendDescriptor_t create(cudnnBackendDescriptorType_t t) {
+    cudnnBackendDescriptor_t d = nullptr;
+    MG_CUDNN_TRY(cudnnBackendCreateDescriptor(t, &d));
+    keep_.push_back(d);
+    return d;
+  }
+  static void set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t n,
+                  cudnnBackendAttributeType_t t, int64_t count, const void* v) {
+    MG_CUDNN_TRY(cudnnBackendSetAttribute(d, n, t, count, v));
+  }
+  static void finalize(cudnnBackendDescriptor_t d) { MG_CUDNN_TRY(cudnnBackendFinalize(d)); }
+
+  cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t dt, std::array<int64_t, 4> dims,
+                                  std::array<int64_t, 4> strides, bool is_virtual,
+                                  bool by_value = false,
+                                  cudnnBackendDescriptor_t ragged = nullptr) {
+    auto d = create(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    const int64_t align = 16;
+    set(d, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt);
+    set(d, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims.data());
+    set(d, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides.data());
+    set(d, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+    set(d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align);
+    if (is_virtual) {
+      const bool t = true;
+      set(d, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &t);
+    }
+    if (by_value) {
+      const bool t = true;
+      set(d, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &t);
+    }
+    if (ragged) set(d, CUDNN_ATTR_TENSOR_RAGGED_OFFSET_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ragged);
+    finalize(d);
+    return d;
+  }
+  // A fresh virtual tensor.
+  cudnnBackendDescriptor_t virt(cudnnDataType_t dt, std::array<int64_t, 4> dims,
+                                std::array<int64_t, 4> strides) {
+    return tensor(kVirtual + next_virtual_++, dt, dims, strides, true);
+  }
+
+  cudnnBackendDescriptor_t pointwise(cudnnPointwiseMode_t mode, cudnnDataType_t prec,
+                                     cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
+                                     cudnnBackendDescriptor_t t, cudnnBackendDescriptor_t y,
+                                     int64_t axis = -1) {
+    auto pw = create(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+    set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
+    set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec);
+    if (axis >= 0) set(pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis);
+    finalize(pw);
+    auto op = create(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw);
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x);
+    if (b) set(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b);
+    if (t) set(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t);
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+    const float one = 1.0f;
+    set(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1, CUDNN_TYPE_FLOAT, 1, &one);
+    if (b) set(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, CUDNN_TYPE_FLOAT, 1, &one);
+    finalize(op);
+    return op;
+  }
+
+  cudnnBackendDescriptor_t matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b,
+                                  cudnnBackendDescriptor_t c, cudnnBackendDescriptor_t m_ovr,
+                                  cudnnBackendDescriptor_t n_ovr,
+                                  cudnnBackendDescriptor_t k_ovr) {
+    auto md = create(CUDNN_BACKEND_MATMUL_DESCRIPTOR);
+    const cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    set(md, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f);
+    finalize(md);
+    auto op = create(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR);
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a);
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b);
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c);
+    set(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &md);
+    if (m_ovr)
+      set(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m_ovr);
+    if (n_ovr)
+      set(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n_ovr);
+    if (k_ovr)
+      set(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k_ovr);
+    finalize(op);
+    return op;
+  }
+
+  cudnnBackendDescriptor_t reduction(cudnnReduceTensorOp_t mode, cudnnBackendDescriptor_t x,
+                                     cudnnBackendDescriptor_t y) {
+    auto rd = create(CUDNN_BACKEND_REDUCTION_DESCRIPTOR);
+    const cudnnDataType_t f = CUDNN_DATA_FLOAT;
+    set(rd, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &mode);
+    set(rd, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f);
+    finalize(rd);
+    auto op = create(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR);
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x);
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+    set(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &rd);
+    finalize(op);
+    return op;
+  }
+
+ private:
+  std::vector<cudnnBackendDescriptor_t>& keep_;
+  int64_t next_virtual_ = 0;
+};
+
+// Key: ragged, B, Sq, Skv, H, D.
+using PlanKey = std::array<int64_t, 6>;
+
+// Builds the SDPA graph and the first execution plan that finalizes. Throws CudnnFailure.
+void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
+  const bool ragged = key[0] != 0;
+  const int64_t B = key[1], Sq = key[2], Skv = key[3], H = key[4], D = key[5];
+  GraphBuilder g(plan);
+  const cudnnDataType_t bf16 = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
+  const cudnnDataType_t i32 = CUDNN_DATA_INT32, i64 = CUDNN_DATA_INT64, boolean = CUDNN_DATA_BOOLEAN;
+
+  cudnnBackendDescriptor_t offq = nullptr, offk = nullptr, offv = nullptr, offo = nullptr;
+  cudnnBackendDescriptor_t seqq = nullptr, seqkv = nullptr, neginf = nullptr;
+  if (ragged) {
+    const std::array<int64_t, 4> od{B + 1, 1, 1, 1}, os{1, 1, 1, 1};
+    offq = g.tensor(kOffQ, i64, od, os, false);
+    offk = g.tensor(kOffK, i64, od, os, false);
+    offv = g.tensor(kOffV, i64, od, os, false);
+    offo = g.tensor(kOffO, i64, od, os, false);
+    seqq = g.tensor(kSeqQ, i32, {B, 1, 1, 1}, {1, 1, 1, 1}, false);
+    seqkv = g.tensor(kSeqKV, i32, {B, 1, 1, 1}, {1, 1, 1, 1}, false);
+    neginf = g.tensor(kNegInf, f32, {1, 1, 1, 1}, {1, 1, 1, 1}, false, true);
+  }
+  // Token-major packed layout: element (b, h, s, d) at b*S*H*D + s*H*D + h*D + d.
+  auto Q = g.tensor(kQ, bf16, {B, H, Sq, D}, {Sq * H * D, D, H * D, 1}, false, false, offq);
+  auto Kt = g.tensor(kK, bf16, {B, H, D, Skv}, {Skv * H * D, D, 1, H * D}, false, false, offk);
+  auto V = g.tensor(kV, bf16, {B, H, Skv, D}, {Skv * H * D, D, H * D, 1}, false, false, offv);
+  auto O = g.tensor(kO, bf16, {B, H, Sq, D}, {Sq * H * D, D, H * D, 1}, false, false, offo);
+  auto scale = g.tensor(kScale, f32, {1, 1, 1, 1}, {1, 1, 1, 1}, false, true);
+
+  const std::array<int64_t, 4> sd{B, H, Sq, Skv}, ss{H * Sq * Skv, Sq * Skv, Skv, 1};
+  const std::array<int64_t, 4> rd{B, H, Sq, 1}, rs{H * Sq, Sq, 1, 1};
+  std::vector<cudnnBackendDescriptor_t> ops;
+
+  auto S = g.virt(f32, sd, ss);
+  ops.push_back(g.matmul(Q, Kt, S, seqq, seqkv, nullptr));
+  auto S2 = g.virt(f32, sd, ss);
+  ops.push_back(g.pointwise(CUDNN_POINTWISE_MUL, f32, S, scale, nullptr, S2));
+  auto Sm = S2;
+  if (ragged) {
+    auto ri = g.virt(i32, sd, ss);
+    ops.push_back(g.pointwise(CUDNN_POINTWISE_GEN_INDEX, i32, S2, nullptr, nullptr, ri, 2));
+    auto ci = g.virt(i32, sd, ss);
+    ops.push_back(g.pointwise(CUDNN_POINTWISE_GEN_INDEX, i32, S2, nullptr, nullptr, ci, 3));
+    auto rm = g.virt(boolean, sd, ss);
+    ops.push_back(g.pointwise(CUDNN_POINTWISE_CMP_LT, boolean, ri, seqq, nullptr, rm));
+    auto cm = g.virt(boolean, sd, ss);
+    ops.push_back(g.pointwise(CUDNN_POINTWISE_CMP_LT, boolean, ci, seqkv, nullptr, cm));
+    auto m = g.virt(boolean, sd, ss);
+    ops.push_back(g.pointwise(CUDNN_POINTWISE_LOGICAL_AND, boolean, rm, cm, nullptr, m));
+    Sm = g.virt(f32, sd, ss);
+    ops.push_back(g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, f32, S2, neginf, m, Sm));
+  }
+  auto M = g.virt(f32, rd, rs);
+  ops.push_back(g.reduction(CUDNN_REDUCE_TENSOR_MAX, Sm, M));
+  auto Dif = g.virt(f32, sd, ss);
+  ops.push_back(g.pointwise(CUDNN_POINTWISE_SUB, f32, Sm, M, nullptr, Dif));
+  auto E = g.virt(f32, sd, ss);
+  ops.push_back(g.pointwise(CUDNN_POINTWISE_EXP, f32, Dif, nullptr, nullptr, E));
+  auto Z = g.virt(f32, rd, rs);
+  ops.push_back(g.reduction(CUDNN_REDUCE_TENSOR_ADD, E, Z));
+  auto LZ = g.virt(f32, rd, rs);
+  ops.push_back(g.pointwise(CUDNN_POINTWISE_LOG, f32, Z, nullptr, nullptr, LZ));
+  auto stats = g.virt(f32, rd, rs);  // LSE branch: required for the engine to match
+  ops.push_back(g.pointwise(CUDNN_POINTWISE_ADD, f32, M, LZ, nullptr, stats));
+  auto P = g.virt(bf16, sd, ss);  // probabilities in the I/O type
+  ops.push_back(g.pointwise(CUDNN_POINTWISE_DIV, f32, E, Z, nullptr, P));
+  ops.push_back(g.matmul(P, V, O, seqq, nullptr, seqkv));
+
+  auto graph = g.create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+  g.set(graph, kGraphHandleAttr, CUDNN_TYPE_HANDLE, 1, &handle);
+  g.set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        static_cast<int64_t>(ops.size()), ops.data());
+  g.finalize(graph);
+
+  std::string reasons;
+  for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+    auto heur = g.create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    g.set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
+    g.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+    if (cudnnBackendFinalize(heur) != CUDNN_STATUS_SUCCESS) continue;
+    int64_t count = 0;
+    if (cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr) !=
+            CUDNN_STATUS_SUCCESS ||
+        count <= 0)
+      continue;
+    std::vector<cudnnBackendDescriptor_t> cfgs(static_cast<size_t>(count));
+    for (auto& c : cfgs) c = g.create(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    int64_t returned = 0;  // may be fewer than announced (cudnn-notes §8.2)
+    if (cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &returned,
+                                 cfgs.data()) != CUDNN_STATUS_SUCCESS)
+      continue;
+    for (int64_t i = 0; i < std::min(returned, count); ++i) {
+      cudnnBackendDescriptor_t p = nullptr;
+      MG_CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p));
+      cudnnStatus_t st = cudnnBackendSetAttribute(p, kPlanHandleAttr, CUDNN_TYPE_HANDLE, 1, &handle);
+      if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendSetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                      CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
+      if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendFinalize(p);
+      if (st != CUDNN_STATUS_SUCCESS) {
+        reasons += "; " + cudnn_reason(st, "plan finalize");
+        cudnnBackendDestroyDescriptor(p);
+        continue;
+      }
+      int64_t ws = 0, n = 0;
+      MG_CUDNN_TRY(cudnnBackendGetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                            CUDNN_TYPE_INT64, 1, &n, &ws));
+      plan.plan = p;
+      plan.workspace = ws;
+      plan.ok = true;
+      return;
+    }
+  }
+  throw CudnnFailure{"no engine configuration finalized" + reasons};
+}
+
+}  // namespace
+
+struct Sdpa::Impl {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cudnnHandle_t handle = nullptr;
+  bool disabled = false;
+  std::map<PlanKey, std::unique_ptr<Plan>> cache;
+
+  ~Impl() {
+    cache.clear();
+    if (handle) cudnnDestroy(handle);
+  }
+
+  bool ready() {
+    if (disabled) return false;
+    if (handle) return true;
+    const cudnnStatus_t st = cudnnCreate(&handle);
+    if (st != CUDNN_STATUS_SUCCESS) {
+      handle = nullptr;
+      disabled = true;
+      log_warning(std::string("cuDNN unavailable (") + cudnnGetErrorString(st) +
+                  "); attention runs on the fp32 fallback path");
+      return false;
+    }
+    MG_CUDNN_CHECK(cudnnSetStream(handle, stream));
+    return true;
+  }
+
+  Plan* plan_for(const PlanKey& key) {
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second->ok ? it->second.get() : nullptr;
+    auto p = std::make_unique<Plan>();
+    try {
+      build_plan(handle, *p, key);
+      log_debug("cuDNN SDPA plan built: " + std::string(key[0] ? "ragged" : "dense") +
+                " B=" + std::to_string(key[1]) + " Sq=" + std::to_string(key[2]) +
+                " Skv=" + std::to_string(key[3]) + " H=" + std::to_string(key[4]) +
+                " D=" + std::to_string(key[5]) + " workspace=" + std::to_string(p->workspace));
+    } catch (const CudnnFailure& f) {
+      log_warning("cuDNN SDPA cannot run " + std::string(key[0] ? "ragged" : "dense") +
+                  " B=" + std::to_string(key[1]) + " Sq=" + std::to_string(key[2]) +
+                  " Skv=" + std::to_string(key[3]) + " H=" + std::to_string(key[4]) +
+                  " D=" + std::to_string(key[5]) + "; using the fp32 fallback: " + f.what);
+      auto fresh = std::make_unique<Plan>();  // drop partial descriptors
+      cache.emplace(key, std::move(fresh));
+      return nullptr;
+    }
+    Plan* raw = p.get();
+    cache.emplace(key, std::move(p));
+    return raw;
+  }
+
+  void execute(DeviceMemory& mem, Plan& plan, const std::vector<int64_t>& uids,
+               const std::vector<void*>& ptrs) {
+    std::shared_ptr<void> ws;
+    if (plan.workspace > 0) ws = mem.scratch(static_cast<size_t>(plan.workspace));
+    void* wsp = ws.get();
+    cudnnBackendDescriptor_t vp = nullptr;
+    MG_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp));
+    struct Guard {
+      cudnnBackendDescriptor_t d;
+      ~Guard() { cudnnBackendDestroyDescriptor(d); }
+    } guard{vp};
+    MG_CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
+                                            CUDNN_TYPE_INT64, static_cast<int64_t>(uids.size()),
+                                            uids.data()));
+    MG_CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+                                            CUDNN_TYPE_VOID_PTR,
+                                            static_cast<int64_t>(ptrs.size()), ptrs.data()));
+    MG_CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+                                            CUDNN_TYPE_VOID_PTR, 1, &wsp));
+    MG_CUDNN_CHECK(cudnnBackendFinalize(vp));
+    MG_CUDNN_CHECK(cudnnBackendExecute(handle, plan.plan, vp));
+  }
+};
+
+Sdpa::Sdpa(int device, cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
+  impl_->device = device;
+  impl_->stream = stream;
+}
+Sdpa::~Sdpa() = default;
+bool Sdpa::built_with_cudnn() { return true; }
+
+static bool cudnn_head_dim_ok(int64_t d) { return d > 0 && d % 8 == 0 && d <= 256; }
+
+bool Sdpa::dense(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                 uint16_t* o, int64_t nq, int64_t nk, int64_t h, int64_t d, float scale) {
+  if (!cudnn_head_dim_ok(d) || nq <= 0 || nk <= 0 || !impl_->ready()) return false;
+  Plan* plan = impl_->plan_for({0, 1, nq, nk, h, d});
+  if (!plan) return false;
+  float sc = scale;
+  impl_->execute(mem, *plan, {kQ, kK, kV, kO, kScale},
+                 {const_cast<uint16_t*>(q), const_cast<uint16_t*>(k), const_cast<uint16_t*>(v),
+                  o, &sc});
+  return true;
+}
+
+// Round a maximum segment length up so that plans are shared between calls whose segments
+// differ slightly (MoGA groups change every step): granularity 1/16 of the next power of two,
+// at least 64.
+static int64_t bucket_len(int64_t s) {
+  int64_t p = 1;
+  while (p < s) p <<= 1;
+  const int64_t g = std::max<int64_t>(64, p / 16);
+  return (s + g - 1) / g * g;
+}
+
+bool Sdpa::ragged(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                  uint16_t* o, const std::vector<int64_t>& lq, const std::vector<int64_t>& lk,
+                  int64_t h, int64_t d, float scale) {
+  const int64_t B = static_cast<int64_t>(lq.size());
+  if (!cudnn_head_dim_ok(d) || B <= 0 || lk.size() != lq.size() || !impl_->ready()) return false;
+  int64_t mq = 0, mk = 0;
+  for (int64_t i = 0; i < B; ++i) {
+    if (lq[i] <= 0 || lk[i] <= 0) return false;
+    mq = std::max(mq, lq[i]);
+    mk = std::max(mk, lk[i]);
+  }
+  Plan* plan = impl_->plan_for({1, B, bucket_len(mq), bucket_len(mk), h, d});
+  if (!plan) return false;
+  // Device side: off_q[B+1], off_k[B+1] (int64 element offsets), seq_q[B], seq_kv[B] (int32).
+  const size_t n64 = static_cast<size_t>(2 * (B + 1)), n32 = static_cast<size_t>(2 * B);
+  std::vector<int64_t> host64(n64);
+  std::vector<int32_t> host32(n32);
+  int64_t oq = 0, ok = 0;
+  for (int64_t i = 0; i <= B; ++i) {
+    host64[i] = oq * h * d;
+    host64[B + 1 + i] = ok * h * d;
+    if (i < B) {
+      oq += lq[i];
+      ok += lk[i];
+      host32[i] = static_cast<int32_t>(lq[i]);
+      host32[B + i] = static_cast<int32_t>(lk[i]);
+    }
+  }
+  auto meta = mem.scratch(n64 * sizeof(int64_t) + n32 * sizeof(int32_t));
+  char* mp = static_cast<char*>(meta.get());
+  MG_CUDA_CHECK(cudaMemcpyAsync(mp, host64.data(), n64 * sizeof(int64_t), cudaMemcpyHostToDevice,
+                                impl_->stream));
+  MG_CUDA_CHECK(cudaMemcpyAsync(mp + n64 * sizeof(int64_t), host32.data(),
+                                n32 * sizeof(int32_t), cudaMemcpyHostToDevice, impl_->stream));
+  int64_t* offq = reinterpret_cast<int64_t*>(mp);
+  int64_t* offk = offq + (B + 1);
+  int32_t* seqq = reinterpret_cast<int32_t*>(mp + n64 * sizeof(int64_t));
+  int32_t* seqk = seqq + B;
+  float sc = scale, ninf = -INFINITY;
+  impl_->execute(mem, *plan,
+                 {kQ, kK, kV, kO, kScale, kSeqQ, kSeqKV, kNegInf, kOffQ, kOffK, kOffV, kOffO},
+                 {const_cast<uint16_t*>(q), const_cast<uint16_t*>(k), const_cast<uint16_t*>(v), o,
+                  &sc, seqq, seqk, &ninf, offq, offk, offk, offq});
+  // The host vectors were staged by cudaMemcpyAsync (pageable source), so they may go now.
+  return true;
+}
+
+#else  // !MOGAGEN_HAVE_CUDNN
+
+struct Sdpa::Impl {};
+Sdpa::Sdpa(int, cudaStream_t) {}
+Sdpa::~Sdpa() = default;
+bool Sdpa::built_with_cudnn() { return false; }
+bool Sdpa::dense(DeviceMemory&, const uint16_t*, const uint16_t*, const uint16_t*, uint16_t*,
+                 int64_t, int64_t, int64_t, int64_t, float) {
+  return false;
+}
+bool Sdpa::ragged(DeviceMemory&, const uint16_t*, const uint16_t*, const uint16_t*, uint16_t*,
+                  const std::vector<int64_t>&, const std::vector<int64_t>&, int64_t, int64_t,
+                  float) {
+  return false;
+}
+
+#endif
+
+}  // namespace cuda
+}  // namespace mg

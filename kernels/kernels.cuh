@@ -1,0 +1,133 @@
+// Private interface between the CUDA backend's host side (src/backend/cuda/cuda_ops.cpp)
+// and its kernels (kernels/*.cu). Plain C++: no device code here, so the host compiler can
+// include it. Every launcher enqueues on `stream` and checks the launch (file:line).
+// bf16 buffers are passed as uint16_t (raw bit patterns, round-to-nearest-even on store).
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace mg {
+namespace cuda {
+
+// ---- error checking (defined in cuda_ops.cpp); all throw mg::Error(Device) -------------------
+[[noreturn]] void throw_cuda(cudaError_t e, const char* expr, const char* file, int line);
+[[noreturn]] void throw_cublas(cublasStatus_t s, const char* expr, const char* file, int line);
+inline void check_cuda(cudaError_t e, const char* expr, const char* file, int line) {
+  if (e != cudaSuccess) throw_cuda(e, expr, file, line);
+}
+inline void check_cublas(cublasStatus_t s, const char* expr, const char* file, int line) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw_cublas(s, expr, file, line);
+}
+#define MG_CUDA_CHECK(expr) ::mg::cuda::check_cuda((expr), #expr, __FILE__, __LINE__)
+#define MG_CUBLAS_CHECK(expr) ::mg::cuda::check_cublas((expr), #expr, __FILE__, __LINE__)
+#define MG_CUDA_LAUNCH_CHECK() MG_CUDA_CHECK(cudaGetLastError())
+
+// ---- device scratch memory (the backend's caching allocator) ---------------------------------
+// Blocks are handed back to the allocator when the last shared_ptr goes; all work runs on one
+// stream, so a block released while kernels that use it are still queued is only reused by
+// work queued after them.
+class DeviceMemory {
+ public:
+  virtual ~DeviceMemory() = default;
+  virtual std::shared_ptr<void> scratch(size_t bytes) = 0;
+};
+
+// ---- elementwise.cu ---------------------------------------------------------------------------
+enum class Unary { GeluTanh, Silu, Scale, Clamp };
+enum class Binary { Add, Mul, GeluTanhMul };
+void unary(Unary op, const float* x, float* y, int64_t n, float a, float b, cudaStream_t stream);
+void binary(Binary op, const float* a, const float* b, float* y, int64_t n, cudaStream_t stream);
+// y[i, j] = x[i, j] + row[j]   (x, y: [rows, d]; y may alias x)
+void add_row(const float* x, const float* row, float* y, int64_t rows, int64_t d,
+             cudaStream_t stream);
+// a[i, j] += y[i, j] * gate[j]
+void gated_add(float* a, const float* y, const float* gate, int64_t rows, int64_t d,
+               cudaStream_t stream);
+// y[c, p] += b[c]   (y: [c, p])
+void add_channel_bias(float* y, const float* b, int64_t c, int64_t p, cudaStream_t stream);
+void f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
+void bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream);
+
+// ---- norms.cu ---------------------------------------------------------------------------------
+// LayerNorm over the last dim d of [rows, d]; w/b optional; when scale is given,
+// v = v * (1 + scale[j]) + shift[j] afterwards (layer_norm_modulate).
+void layer_norm(const float* x, const float* w, const float* b, const float* shift,
+                const float* scale, float* y, int64_t rows, int64_t d, float eps,
+                cudaStream_t stream);
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps,
+              cudaStream_t stream);
+// x [c, p]: y = x / max(||x[:, p]||, eps) * sqrt(c) * gamma[c]
+void channel_l2_norm(const float* x, const float* gamma, float* y, int64_t c, int64_t p,
+                     float eps, cudaStream_t stream);
+
+// ---- rope.cu ----------------------------------------------------------------------------------
+// Interleaved rotary embedding in place on x [n, h, hd]; cos/sin [n, hd/2].
+void rope(float* x, const float* cos, const float* sin, int64_t n, int64_t h, int64_t hd,
+          cudaStream_t stream);
+
+// ---- attention.cu -----------------------------------------------------------------------------
+// Exact float32 attention for one packed segment (any head dim, optional additive bias):
+// GEMM (cuBLAS, fp32, TF32 off) - softmax kernel - GEMM, chunked over query rows.
+// q/k/v/o rows are `ld` floats apart, head h at +h*d. bias: [h, nq, nk] or null.
+void attention_f32(cublasHandle_t blas, cudaStream_t stream, DeviceMemory& mem, const float* q,
+                   const float* k, const float* v, float* o, int64_t nq, int64_t nk, int64_t h,
+                   int64_t d, int64_t ld, float scale, const float* bias);
+
+// cuDNN fused flash attention (bf16 in/out, fp32 softmax) with a plan cache keyed by shape.
+// Token-major packed layout [tokens, h, d]. run() returns false, without side effects,
+// when cuDNN is not built in or cannot run this shape (the caller then falls back).
+class Sdpa {
+ public:
+  Sdpa(int device, cudaStream_t stream);
+  ~Sdpa();
+  Sdpa(const Sdpa&) = delete;
+  Sdpa& operator=(const Sdpa&) = delete;
+  static bool built_with_cudnn();
+  // Dense: one segment of nq queries and nk keys.
+  bool dense(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+             uint16_t* o, int64_t nq, int64_t nk, int64_t h, int64_t d, float scale);
+  // Ragged: segments with lengths lq[i], lk[i] (all > 0), packed back to back in q/o and
+  // k/v respectively.
+  bool ragged(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+              uint16_t* o, const std::vector<int64_t>& lq, const std::vector<int64_t>& lk,
+              int64_t h, int64_t d, float scale);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- conv.cu ----------------------------------------------------------------------------------
+// im2col for conv3d over the flattened output positions [p0, p0 + np) of [to, ho, wo]:
+// col[kidx, j], kidx = ((c * kt + dt) * kh + dy) * kw + dx. Zero padding as in Ops::conv3d.
+struct Conv3dShape {
+  int64_t ci, t, h, w;      // input
+  int64_t kt, kh, kw;       // kernel
+  int64_t to, ho, wo;       // output
+  int64_t pad_t, pad_h, pad_w;
+};
+void im2col3d_f32(const float* x, float* col, const Conv3dShape& s, int64_t p0, int64_t np,
+                  cudaStream_t stream);
+void im2col3d_bf16(const float* x, uint16_t* col, const Conv3dShape& s, int64_t p0, int64_t np,
+                   cudaStream_t stream);
+
+// ---- video.cu ---------------------------------------------------------------------------------
+// [c, t, h, w] -> [c, t, 2h, 2w], nearest.
+void upsample2x(const float* x, float* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream);
+// [r, c] -> [c, r]
+void transpose2d(const float* x, float* y, int64_t r, int64_t c, cudaStream_t stream);
+// y[i, :] = x[idx[i], :]  (idx on the device)
+void gather_rows(const float* x, const int64_t* idx, float* y, int64_t m, int64_t row,
+                 cudaStream_t stream);
+// For each destination u: out[dst[u], :] += sum_{s in [ptr[u], ptr[u+1])} x[src[s], :] * w[s]
+// in increasing s (deterministic; same order as the CPU backend). w may be null (1).
+void scatter_add_rows(float* out, const float* x, const int64_t* dst, const int64_t* ptr,
+                      const int64_t* src, const float* w, int64_t ndst, int64_t row,
+                      cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace mg

@@ -1,0 +1,117 @@
+// Normalisations, statistics in float32 (two-pass mean/variance, per-row block reductions).
+// Semantics: src/backend/cpu/cpu_ops.cpp (layer_norm_impl, rms_norm, channel_l2_norm).
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/kernels.cuh"
+
+namespace mg {
+namespace cuda {
+namespace {
+
+// Sum over the block; every thread gets the result. `sh` holds >= 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* sh) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  __syncthreads();  // sh may still be read from a previous call
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  v = lane < nw ? sh[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__global__ void layer_norm_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                  const float* __restrict__ b, const float* __restrict__ shift,
+                                  const float* __restrict__ scale, float* __restrict__ y,
+                                  int64_t d, float eps) {
+  __shared__ float sh[32];
+  const float* r = x + blockIdx.x * d;
+  float* out = y + blockIdx.x * d;
+  float s = 0.0f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += r[j];
+  const float mean = block_sum(s, sh) / static_cast<float>(d);
+  float v = 0.0f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float t = r[j] - mean;
+    v += t * t;
+  }
+  const float var = block_sum(v, sh) / static_cast<float>(d);
+  const float inv = 1.0f / sqrtf(var + eps);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    float o = (r[j] - mean) * inv;
+    if (w) o *= w[j];
+    if (b) o += b[j];
+    if (scale) o = o * (1.0f + scale[j]) + shift[j];
+    out[j] = o;
+  }
+}
+
+__global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                float* __restrict__ y, int64_t d, float eps) {
+  __shared__ float sh[32];
+  const float* r = x + blockIdx.x * d;
+  float* out = y + blockIdx.x * d;
+  float s = 0.0f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += r[j] * r[j];
+  const float inv = 1.0f / sqrtf(block_sum(s, sh) / static_cast<float>(d) + eps);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[j] = (r[j] * inv) * w[j];
+}
+
+__global__ void channel_l2_kernel(const float* __restrict__ x, const float* __restrict__ g,
+                                  float* __restrict__ y, int64_t c, int64_t p, float sc,
+                                  float eps) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float ss = 0.0f;
+    for (int64_t ci = 0; ci < c; ++ci) {
+      const float v = x[ci * p + i];
+      ss += v * v;
+    }
+    const float f = sc / fmaxf(sqrtf(ss), eps);
+    for (int64_t ci = 0; ci < c; ++ci) y[ci * p + i] = (x[ci * p + i] * f) * g[ci];
+  }
+}
+
+int row_threads(int64_t d) {
+  const int64_t t = std::min<int64_t>(512, ((d + 31) / 32) * 32);
+  return static_cast<int>(std::max<int64_t>(32, t));
+}
+
+}  // namespace
+
+void layer_norm(const float* x, const float* w, const float* b, const float* shift,
+                const float* scale, float* y, int64_t rows, int64_t d, float eps,
+                cudaStream_t stream) {
+  if (rows <= 0 || d <= 0) return;
+  for (int64_t r0 = 0; r0 < rows; r0 += 0x7fffffff) {
+    const int64_t nr = std::min<int64_t>(rows - r0, 0x7fffffff);
+    layer_norm_kernel<<<static_cast<unsigned>(nr), row_threads(d), 0, stream>>>(
+        x + r0 * d, w, b, shift, scale, y + r0 * d, d, eps);
+    MG_CUDA_LAUNCH_CHECK();
+  }
+}
+
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps,
+              cudaStream_t stream) {
+  if (rows <= 0 || d <= 0) return;
+  for (int64_t r0 = 0; r0 < rows; r0 += 0x7fffffff) {
+    const int64_t nr = std::min<int64_t>(rows - r0, 0x7fffffff);
+    rms_norm_kernel<<<static_cast<unsigned>(nr), row_threads(d), 0, stream>>>(
+        x + r0 * d, w, y + r0 * d, d, eps);
+    MG_CUDA_LAUNCH_CHECK();
+  }
+}
+
+void channel_l2_norm(const float* x, const float* gamma, float* y, int64_t c, int64_t p,
+                     float eps, cudaStream_t stream) {
+  if (c <= 0 || p <= 0) return;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((p + threads - 1) / threads, 1 << 20);
+  channel_l2_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+      x, gamma, y, c, p, static_cast<float>(std::sqrt(static_cast<double>(c))), eps);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+}  // namespace mg

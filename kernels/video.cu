@@ -1,0 +1,110 @@
+// Video-tensor and token-row data movement: nearest 2x upsample, 2-D transpose, row
+// gather and deterministic row scatter-add. (cat/slice/interleave in time are strided
+// copies issued from the host side with cudaMemcpy2DAsync.) Semantics: CpuOps.
+#include <algorithm>
+
+#include "kernels/kernels.cuh"
+
+namespace mg {
+namespace cuda {
+namespace {
+
+inline unsigned grid_for(int64_t work, int threads) {
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, 1 << 20)));
+}
+
+__global__ void upsample2x_kernel(const float* __restrict__ x, float* __restrict__ y,
+                                  int64_t total, int64_t h, int64_t w) {
+  const int64_t w2 = 2 * w, h2 = 2 * h;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t ox = i % w2, rest = i / w2, oy = rest % h2, p = rest / h2;
+    y[i] = x[(p * h + oy / 2) * w + ox / 2];
+  }
+}
+
+constexpr int kTile = 32;
+__global__ void transpose_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t r,
+                                 int64_t c) {
+  __shared__ float tile[kTile][kTile + 1];
+  const int64_t bx = int64_t(blockIdx.x) * kTile;
+  for (int64_t by = int64_t(blockIdx.y) * kTile; by < r; by += int64_t(gridDim.y) * kTile) {
+    for (int k = threadIdx.y; k < kTile; k += blockDim.y) {
+      const int64_t i = by + k, j = bx + threadIdx.x;
+      if (i < r && j < c) tile[k][threadIdx.x] = x[i * c + j];
+    }
+    __syncthreads();
+    for (int k = threadIdx.y; k < kTile; k += blockDim.y) {
+      const int64_t j = bx + k, i = by + threadIdx.x;  // y[j, i] = x[i, j]
+      if (i < r && j < c) y[j * r + i] = tile[threadIdx.x][k];
+    }
+    __syncthreads();
+  }
+}
+
+__global__ void gather_rows_kernel(const float* __restrict__ x, const int64_t* __restrict__ idx,
+                                   float* __restrict__ y, int64_t total, int64_t row) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / row, j = i % row;
+    y[i] = x[idx[r] * row + j];
+  }
+}
+
+__global__ void scatter_add_kernel(float* __restrict__ out, const float* __restrict__ x,
+                                   const int64_t* __restrict__ dst,
+                                   const int64_t* __restrict__ ptr,
+                                   const int64_t* __restrict__ src, const float* __restrict__ w,
+                                   int64_t total, int64_t row) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t u = i / row, j = i % row;
+    float* o = out + dst[u] * row + j;
+    float acc = *o;
+    for (int64_t s = ptr[u]; s < ptr[u + 1]; ++s) {
+      const float wi = w ? w[s] : 1.0f;
+      acc += x[src[s] * row + j] * wi;
+    }
+    *o = acc;
+  }
+}
+
+}  // namespace
+
+void upsample2x(const float* x, float* y, int64_t ct, int64_t h, int64_t w,
+                cudaStream_t stream) {
+  const int64_t total = ct * 4 * h * w;
+  if (total <= 0) return;
+  upsample2x_kernel<<<grid_for(total, 256), 256, 0, stream>>>(x, y, total, h, w);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void transpose2d(const float* x, float* y, int64_t r, int64_t c, cudaStream_t stream) {
+  if (r <= 0 || c <= 0) return;
+  const int64_t gx = (c + kTile - 1) / kTile, gy = std::min<int64_t>((r + kTile - 1) / kTile, 65535);
+  transpose_kernel<<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), dim3(kTile, 8), 0,
+                     stream>>>(x, y, r, c);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void gather_rows(const float* x, const int64_t* idx, float* y, int64_t m, int64_t row,
+                 cudaStream_t stream) {
+  const int64_t total = m * row;
+  if (total <= 0) return;
+  gather_rows_kernel<<<grid_for(total, 256), 256, 0, stream>>>(x, idx, y, total, row);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void scatter_add_rows(float* out, const float* x, const int64_t* dst, const int64_t* ptr,
+                      const int64_t* src, const float* w, int64_t ndst, int64_t row,
+                      cudaStream_t stream) {
+  const int64_t total = ndst * row;
+  if (total <= 0) return;
+  scatter_add_kernel<<<grid_for(total, 256), 256, 0, stream>>>(out, x, dst, ptr, src, w, total,
+                                                               row);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+}  // namespace mg

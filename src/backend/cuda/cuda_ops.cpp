@@ -1,0 +1,1072 @@
+// The CUDA backend (host side). Kernels live in kernels/*.cu behind kernels/kernels.cuh.
+//
+// Precision (shared/wan-notes.md §1.6): activations are F32 in device memory; weights are
+// BF16 on the device unless the model asks to keep them F32. `linear` and `conv3d` run bf16
+// tensor-core GEMMs with fp32 accumulation (cuBLASLt) for BF16 weights and plain fp32 GEMMs
+// (TF32 off) for F32 weights; attention runs cuDNN's fused flash attention on bf16 q/k/v
+// (fp32 softmax, F32 result) and an exact fp32 path for what cuDNN rejects (bias, head dims
+// > 256). Every other op is F32 and matches the CPU backend (src/backend/cpu/cpu_ops.cpp),
+// which defines the semantics, to float rounding.
+//
+// Memory: one caching allocator per backend (size-bucketed free lists), so a denoising loop
+// reuses blocks instead of calling cudaMalloc per step. All work is issued on one stream,
+// so blocks freed by host code are reused only by work queued after their last use.
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <unordered_map>
+
+#include "kernels/kernels.cuh"
+#include "mogagen/log.h"
+#include "mogagen/ops.h"
+
+namespace mg {
+namespace cuda {
+
+// ---- errors and logging -----------------------------------------------------------------------
+
+void throw_cuda(cudaError_t e, const char* expr, const char* file, int line) {
+  cudaGetLastError();  // clear a non-sticky error so later calls are not poisoned
+  throw device_error(std::string(file) + ":" + std::to_string(line) + ": CUDA error " +
+                     cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " + expr);
+}
+
+void throw_cublas(cublasStatus_t s, const char* expr, const char* file, int line) {
+  throw device_error(std::string(file) + ":" + std::to_string(line) + ": cuBLAS error " +
+                     cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ") in " + expr);
+}
+
+void log_warning(const std::string& msg) { spdlog::warn("{}", msg); }
+void log_debug(const std::string& msg) { spdlog::debug("{}", msg); }
+
+namespace {
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024.0 && u < 4) {
+    b /= 1024.0;
+    ++u;
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), u ? "%.2f %s" : "%.0f %s", b, units[u]);
+  return buf;
+}
+
+// ---- caching allocator ------------------------------------------------------------------------
+
+class Allocator : public DeviceMemory, public std::enable_shared_from_this<Allocator> {
+ public:
+  explicit Allocator(int device) : device_(device) {}
+  ~Allocator() override {
+    // Runs when the backend and every tensor it made are gone. At process exit the CUDA
+    // runtime may already be unloading: errors are ignored.
+    if (cudaSetDevice(device_) != cudaSuccess) return;
+    for (auto& kv : free_) cudaFree(kv.second);
+    cudaGetLastError();
+  }
+
+  void* alloc(size_t bytes) {
+    const size_t r = round(bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.lower_bound(r);
+    if (it != free_.end() && it->first <= r + r / 8) {
+      void* p = it->second;
+      cached_ -= it->first;
+      live_ += it->first;
+      free_.erase(it);
+      return p;
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, r);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      release_cached_locked();
+      e = cudaMalloc(&p, r);
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t fr = 0, total = 0;
+      cudaMemGetInfo(&fr, &total);
+      cudaGetLastError();
+      if (e == cudaErrorMemoryAllocation)
+        throw device_error("CUDA out of memory on cuda:" + std::to_string(device_) +
+                           ": requested " + std::to_string(bytes) + " bytes (" +
+                           human_bytes(double(bytes)) + "), " + human_bytes(double(fr)) +
+                           " free of " + human_bytes(double(total)) + "; this process holds " +
+                           human_bytes(double(live_)) +
+                           " in live tensors. Use a smaller resolution or fewer frames, a "
+                           "smaller model, or free the GPU from other processes.");
+      throw device_error("cudaMalloc of " + std::to_string(bytes) + " bytes on cuda:" +
+                         std::to_string(device_) + " failed: " + cudaGetErrorName(e) + " (" +
+                         cudaGetErrorString(e) + ")");
+    }
+    sizes_[p] = r;
+    live_ += r;
+    return p;
+  }
+
+  void release(void* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sizes_.find(p);
+    if (it == sizes_.end()) return;
+    live_ -= it->second;
+    cached_ += it->second;
+    free_.emplace(it->second, p);
+  }
+
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    release_cached_locked();
+  }
+
+  std::shared_ptr<void> scratch(size_t bytes) override {
+    void* p = alloc(bytes);
+    auto self = shared_from_this();
+    return std::shared_ptr<void>(p, [self](void* q) { self->release(q); });
+  }
+
+ private:
+  static size_t round(size_t bytes) {
+    if (bytes < (size_t(1) << 20)) return std::max<size_t>(512, (bytes + 511) / 512 * 512);
+    size_t p = 1;
+    while (p < bytes) p <<= 1;
+    const size_t g = p / 16;  // waste <= 1/16
+    return (bytes + g - 1) / g * g;
+  }
+  void release_cached_locked() {
+    cudaDeviceSynchronize();  // cudaFree would synchronise anyway; keep it explicit
+    for (auto& kv : free_) {
+      sizes_.erase(kv.second);
+      cudaFree(kv.second);
+    }
+    free_.clear();
+    cached_ = 0;
+    cudaGetLastError();
+  }
+
+  int device_;
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  std::unordered_map<void*, size_t> sizes_;
+  size_t live_ = 0, cached_ = 0;
+};
+
+// ---- cuBLASLt GEMM (column-major, D F32) ------------------------------------------------------
+
+struct GemmArgs {
+  cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
+  int64_t m = 0, n = 0, k = 0;
+  const void* a = nullptr;
+  int64_t lda = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0;
+  float* c = nullptr;
+  int64_t ldc = 0;
+  cudaDataType_t ab = CUDA_R_32F;  // CUDA_R_16BF (fp32 accumulate) or CUDA_R_32F (no TF32)
+  const float* bias = nullptr;     // [m], added to every column (epilogue)
+};
+
+int align_of(const void* p) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  int a = 256;
+  while (a > 1 && (v % a)) a >>= 1;
+  return a;
+}
+
+class Gemm {
+ public:
+  Gemm(cublasLtHandle_t lt, cublasHandle_t blas, cudaStream_t stream, void* ws, size_t ws_bytes)
+      : lt_(lt), blas_(blas), stream_(stream), ws_(ws), ws_bytes_(ws_bytes) {}
+  ~Gemm() {
+    for (auto& kv : cache_) {
+      Entry& e = kv.second;
+      if (e.a) cublasLtMatrixLayoutDestroy(e.a);
+      if (e.b) cublasLtMatrixLayoutDestroy(e.b);
+      if (e.c) cublasLtMatrixLayoutDestroy(e.c);
+      if (e.op) cublasLtMatmulDescDestroy(e.op);
+    }
+  }
+
+  void run(const GemmArgs& g) {
+    if (g.m <= 0 || g.n <= 0) return;
+    if (g.k <= 0) {  // empty reduction: D = bias (or 0)
+      MG_CUDA_CHECK(cudaMemset2DAsync(g.c, g.ldc * sizeof(float), 0, g.m * sizeof(float), g.n,
+                                      stream_));
+      if (g.bias) add_bias(g);
+      return;
+    }
+    const Key key{int64_t(g.ta),        int64_t(g.tb),         g.m,
+                  g.n,                  g.k,                   g.lda,
+                  g.ldb,                g.ldc,                 int64_t(g.ab),
+                  g.bias != nullptr,    align_of(g.a),         align_of(g.b),
+                  align_of(g.c),        g.bias ? align_of(g.bias) : 0};
+    auto it = cache_.find(key);
+    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g)).first;
+    Entry& e = it->second;
+    const float one = 1.0f, zero = 0.0f;
+    if (e.ok) {
+      if (g.bias)
+        MG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &g.bias, sizeof(g.bias)));
+      MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, g.c, e.c, g.c,
+                                     e.c, &e.algo, ws_, ws_bytes_, stream_));
+      return;
+    }
+    // No cuBLASLt algorithm for this layout: the classic API handles everything.
+    MG_CUBLAS_CHECK(cublasGemmEx(blas_, g.ta, g.tb, int(g.m), int(g.n), int(g.k), &one, g.a, g.ab,
+                                 int(g.lda), g.b, g.ab, int(g.ldb), &zero, g.c, CUDA_R_32F,
+                                 int(g.ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (g.bias) add_bias(g);
+  }
+
+ private:
+  using Key = std::array<int64_t, 14>;
+  struct Entry {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool ok = false;
+  };
+
+  void add_bias(const GemmArgs& g) {
+    // Column-major m x n with ldc: column j is row j of a row-major [n, ldc] view.
+    if (g.ldc == g.m) {
+      add_row(g.c, g.bias, g.c, g.n, g.m, stream_);
+    } else {
+      for (int64_t j = 0; j < g.n; ++j) add_row(g.c + j * g.ldc, g.bias, g.c + j * g.ldc, 1, g.m, stream_);
+    }
+  }
+
+  Entry make_entry(const GemmArgs& g) {
+    Entry e;
+    MG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    MG_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &g.ta, sizeof(g.ta)));
+    MG_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSB, &g.tb, sizeof(g.tb)));
+    if (g.bias) {
+      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      MG_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+      // bias type defaults to D's type (F32)
+    }
+    const bool at = g.ta != CUBLAS_OP_N, bt = g.tb != CUBLAS_OP_N;
+    MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, g.ab, at ? g.k : g.m, at ? g.m : g.k, g.lda));
+    MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, g.ab, bt ? g.n : g.k, bt ? g.k : g.n, g.ldb));
+    MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, CUDA_R_32F, g.m, g.n, g.ldc));
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    MG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t wsb = ws_bytes_;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb,
+                                         sizeof(wsb));
+    const uint32_t al[4] = {uint32_t(align_of(g.a)), uint32_t(align_of(g.b)),
+                            uint32_t(align_of(g.c)), uint32_t(align_of(g.c))};
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0],
+                                         sizeof(uint32_t));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1],
+                                         sizeof(uint32_t));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2],
+                                         sizeof(uint32_t));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[3],
+                                         sizeof(uint32_t));
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(lt_, e.op, e.a, e.b, e.c, e.c, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+      e.algo = res.algo;
+      e.ok = true;
+    }
+    return e;
+  }
+
+  cublasLtHandle_t lt_;
+  cublasHandle_t blas_;
+  cudaStream_t stream_;
+  void* ws_;
+  size_t ws_bytes_;
+  std::map<Key, Entry> cache_;
+};
+
+// ---- the backend ------------------------------------------------------------------------------
+
+std::string device_name(int dev) {
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return "unknown";
+  }
+  return p.name;
+}
+
+class CudaOps final : public Ops {
+ public:
+  explicit CudaOps(int device) : dev_(device) {
+    MG_CUDA_CHECK(cudaSetDevice(dev_));
+    name_ = "cuda:" + std::to_string(dev_) + " (" + device_name(dev_) +
+            "; bf16 GEMM/attention, fp32 activations)";
+    mem_ = std::make_shared<Allocator>(dev_);
+    MG_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    MG_CUBLAS_CHECK(cublasCreate(&blas_));
+    MG_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
+    MG_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));  // no TF32
+    MG_CUBLAS_CHECK(cublasLtCreate(&lt_));
+    ws_ = mem_->scratch(kWorkspace);
+    MG_CUBLAS_CHECK(cublasSetWorkspace(blas_, ws_.get(), kWorkspace));
+    gemm_ = std::make_unique<Gemm>(lt_, blas_, stream_, ws_.get(), kWorkspace);
+    sdpa_ = std::make_unique<Sdpa>(dev_, stream_);
+    const char* no = std::getenv("MOGAGEN_NO_CUDNN");
+    use_cudnn_ = !(no && *no && std::strcmp(no, "0") != 0);
+  }
+
+  ~CudaOps() override {
+    cudaSetDevice(dev_);
+    cudaStreamSynchronize(stream_);
+    sdpa_.reset();
+    gemm_.reset();
+    if (lt_) cublasLtDestroy(lt_);
+    if (blas_) cublasDestroy(blas_);
+    ws_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+    cudaGetLastError();
+  }
+
+  Device device() const override { return Device::cuda(dev_); }
+  std::string name() const override { return name_; }
+
+  // ---- memory ----------------------------------------------------------------------------------
+
+  Tensor weight(const Tensor& host, bool keep_f32) override {
+    bind();
+    if (!host.defined()) throw internal_error("weight: undefined tensor");
+    if (!host.device().is_cpu()) {
+      expect_dev(host, "weight", "host");
+      if (keep_f32) return host.dtype() == DType::F32 ? host : to_f32(host);
+      if (host.dtype() == DType::BF16) return host;
+      Tensor f = in_f32(host, "weight", "host");
+      Tensor y = alloc(host.shape(), DType::BF16);
+      f32_to_bf16(f.data<float>(), y.data<uint16_t>(), f.numel(), stream_);
+      return y;
+    }
+    if (!keep_f32 && host.dtype() == DType::BF16) {
+      Tensor y = alloc(host.shape(), DType::BF16);
+      h2d(y.raw(), host.raw(), host.nbytes());
+      return y;
+    }
+    const Tensor f = host.dtype() == DType::F32 ? host : host.to(DType::F32);
+    if (keep_f32) {
+      Tensor y = alloc(f.shape(), DType::F32);
+      h2d(y.raw(), f.raw(), f.nbytes());
+      return y;
+    }
+    // F32 -> BF16 on the device (round to nearest even), in slices to bound the staging.
+    Tensor y = alloc(f.shape(), DType::BF16);
+    const int64_t n = f.numel(), chunk = int64_t(1) << 26;  // 256 MB of F32
+    auto stage = mem_->scratch(static_cast<size_t>(std::min(n, chunk)) * sizeof(float));
+    for (int64_t i = 0; i < n; i += chunk) {
+      const int64_t c = std::min(chunk, n - i);
+      h2d(stage.get(), static_cast<const float*>(f.raw()) + i, c * sizeof(float));
+      f32_to_bf16(static_cast<float*>(stage.get()), y.data<uint16_t>() + i, c, stream_);
+    }
+    return y;
+  }
+
+  Tensor upload(const Tensor& host) override {
+    bind();
+    if (!host.defined() || host.dtype() != DType::F32 || !host.device().is_cpu())
+      throw internal_error("upload: expected a CPU F32 tensor, got " +
+                           (host.defined() ? host.str() + " on " + host.device().str()
+                                           : std::string("undefined")));
+    Tensor y = alloc(host.shape(), DType::F32);
+    h2d(y.raw(), host.raw(), host.nbytes());
+    return y;
+  }
+
+  Tensor download(const Tensor& t) override {
+    bind();
+    if (!t.defined()) throw internal_error("download: undefined tensor");
+    if (t.device().is_cpu()) {
+      if (t.dtype() == DType::F32) return t;
+      return t.to(DType::F32);
+    }
+    const Tensor f = in_f32(t, "download", "t");
+    Tensor h = Tensor::empty(f.shape());
+    if (f.nbytes())
+      MG_CUDA_CHECK(
+          cudaMemcpyAsync(h.raw(), f.raw(), f.nbytes(), cudaMemcpyDeviceToHost, stream_));
+    MG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return h;
+  }
+
+  Tensor empty(const Shape& s) override {
+    bind();
+    return alloc(s, DType::F32);
+  }
+  Tensor zeros(const Shape& s) override {
+    bind();
+    Tensor y = alloc(s, DType::F32);
+    if (y.nbytes()) MG_CUDA_CHECK(cudaMemsetAsync(y.raw(), 0, y.nbytes(), stream_));
+    return y;
+  }
+
+  // ---- linear algebra ----------------------------------------------------------------------------
+
+  Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b) override {
+    bind();
+    expect_dev(x, "linear", "x");
+    expect_dev(w, "linear", "w");
+    if (w.ndim() != 2) throw internal_error("linear: weight must be 2-D, got " + w.str());
+    const int64_t n = w.dim(0), k = w.dim(1);
+    if (x.ndim() < 1 || x.dim(-1) != k)
+      throw internal_error("linear: x " + x.str() + " does not match weight " + w.str());
+    const int64_t m = x.numel() / k;
+    Shape os = x.shape();
+    os.back() = n;
+    Tensor y = alloc(os, DType::F32);
+    Tensor bias;
+    if (b) {
+      bias = in_f32(*b, "linear", "b");
+      if (bias.numel() != n) throw internal_error("linear: bias " + b->str() + " for " + w.str());
+    }
+    if (m == 0) return y;
+    GemmArgs g;
+    g.ta = CUBLAS_OP_T;
+    g.tb = CUBLAS_OP_N;
+    g.m = n;
+    g.n = m;
+    g.k = k;
+    g.lda = k;
+    g.ldb = k;
+    g.c = y.data<float>();
+    g.ldc = n;
+    g.bias = b ? bias.data<float>() : nullptr;
+    Tensor xin;
+    if (w.dtype() == DType::BF16) {
+      xin = to_bf16(x, "linear", "x");
+      g.ab = CUDA_R_16BF;
+    } else if (w.dtype() == DType::F32) {
+      xin = in_f32(x, "linear", "x");
+      g.ab = CUDA_R_32F;
+    } else {
+      throw internal_error("linear: weight dtype " + w.str() + " (expected BF16 or F32)");
+    }
+    g.a = w.raw();
+    g.b = xin.raw();
+    gemm_->run(g);
+    return y;
+  }
+
+  // ---- elementwise -------------------------------------------------------------------------------
+
+  Tensor add(const Tensor& a, const Tensor& b) override { return map2(a, b, Binary::Add, "add"); }
+  void add_(Tensor& a, const Tensor& b) override {
+    bind();
+    expect_out(a, "add_", "a");
+    const Tensor q = in_f32(b, "add_", "b");
+    expect_numel(a, q, "add_");
+    binary(Binary::Add, a.data<float>(), q.data<float>(), a.data<float>(), a.numel(), stream_);
+  }
+  Tensor mul(const Tensor& a, const Tensor& b) override { return map2(a, b, Binary::Mul, "mul"); }
+  Tensor gelu_tanh(const Tensor& x) override { return map1(x, Unary::GeluTanh, 0, 0, "gelu_tanh"); }
+  Tensor silu(const Tensor& x) override { return map1(x, Unary::Silu, 0, 0, "silu"); }
+  Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) override {
+    return map2(a, b, Binary::GeluTanhMul, "gelu_tanh_mul");
+  }
+  Tensor scale(const Tensor& x, float s) override { return map1(x, Unary::Scale, s, 0, "scale"); }
+  Tensor clamp(const Tensor& x, float lo, float hi) override {
+    return map1(x, Unary::Clamp, lo, hi, "clamp");
+  }
+
+  void gated_add_(Tensor& a, const Tensor& y, const Tensor& gate) override {
+    bind();
+    expect_out(a, "gated_add_", "a");
+    const Tensor yy = in_f32(y, "gated_add_", "y");
+    const Tensor g = in_f32(gate, "gated_add_", "gate");
+    expect_numel(a, yy, "gated_add_");
+    const int64_t d = g.numel(), n = d ? a.numel() / d : 0;
+    if (d == 0 || n * d != a.numel())
+      throw internal_error("gated_add_: gate " + gate.str() + " vs " + a.str());
+    cuda::gated_add(a.data<float>(), yy.data<float>(), g.data<float>(), n, d, stream_);
+  }
+
+  Tensor add_row(const Tensor& x, const Tensor& row) override {
+    bind();
+    const Tensor xx = in_f32(x, "add_row", "x");
+    const Tensor r = in_f32(row, "add_row", "row");
+    const int64_t d = r.numel(), n = d ? xx.numel() / d : 0;
+    if (d == 0 || n * d != xx.numel())
+      throw internal_error("add_row: row " + row.str() + " vs " + x.str());
+    Tensor y = alloc(x.shape(), DType::F32);
+    cuda::add_row(xx.data<float>(), r.data<float>(), y.data<float>(), n, d, stream_);
+    return y;
+  }
+
+  // ---- norms -------------------------------------------------------------------------------------
+
+  Tensor layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps) override {
+    bind();
+    const Tensor xx = in_f32(x, "layer_norm", "x");
+    const int64_t d = x.ndim() ? x.dim(-1) : 0;
+    Tensor ww, bb;
+    if (w) ww = in_f32(*w, "layer_norm", "w");
+    if (b) bb = in_f32(*b, "layer_norm", "b");
+    if ((w && ww.numel() != d) || (b && bb.numel() != d))
+      throw internal_error("layer_norm: affine parameters for " + x.str());
+    Tensor y = alloc(x.shape(), DType::F32);
+    const int64_t n = d ? x.numel() / d : 0;
+    cuda::layer_norm(xx.data<float>(), w ? ww.data<float>() : nullptr,
+                     b ? bb.data<float>() : nullptr, nullptr, nullptr, y.data<float>(), n, d, eps,
+                     stream_);
+    return y;
+  }
+
+  Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                             float eps) override {
+    bind();
+    const Tensor xx = in_f32(x, "layer_norm_modulate", "x");
+    const Tensor sh = in_f32(shift, "layer_norm_modulate", "shift");
+    const Tensor sc = in_f32(scale, "layer_norm_modulate", "scale");
+    const int64_t d = x.ndim() ? x.dim(-1) : 0;
+    if (sh.numel() != d || sc.numel() != d)
+      throw internal_error("layer_norm_modulate: shift/scale " + shift.str() + " for " + x.str());
+    Tensor y = alloc(x.shape(), DType::F32);
+    const int64_t n = d ? x.numel() / d : 0;
+    cuda::layer_norm(xx.data<float>(), nullptr, nullptr, sh.data<float>(), sc.data<float>(),
+                     y.data<float>(), n, d, eps, stream_);
+    return y;
+  }
+
+  Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) override {
+    bind();
+    const Tensor xx = in_f32(x, "rms_norm", "x");
+    const Tensor ww = in_f32(w, "rms_norm", "w");
+    const int64_t d = x.ndim() ? x.dim(-1) : 0;
+    if (ww.numel() != d) throw internal_error("rms_norm: weight " + w.str() + " for " + x.str());
+    Tensor y = alloc(x.shape(), DType::F32);
+    const int64_t n = d ? x.numel() / d : 0;
+    cuda::rms_norm(xx.data<float>(), ww.data<float>(), y.data<float>(), n, d, eps, stream_);
+    return y;
+  }
+
+  Tensor channel_l2_norm(const Tensor& x, const Tensor& gamma, float eps) override {
+    bind();
+    const Tensor xx = in_f32(x, "channel_l2_norm", "x");
+    const Tensor g = in_f32(gamma, "channel_l2_norm", "gamma");
+    const int64_t c = x.ndim() ? x.dim(0) : 0, p = c ? x.numel() / c : 0;
+    if (g.numel() != c)
+      throw internal_error("channel_l2_norm: gamma " + gamma.str() + " for " + x.str());
+    Tensor y = alloc(x.shape(), DType::F32);
+    cuda::channel_l2_norm(xx.data<float>(), g.data<float>(), y.data<float>(), c, p, eps, stream_);
+    return y;
+  }
+
+  // ---- positional --------------------------------------------------------------------------------
+
+  void rope_(Tensor& x, const Tensor& cos, const Tensor& sin) override {
+    bind();
+    expect_out(x, "rope_", "x");
+    if (x.ndim() != 3) throw internal_error("rope_: expected x [N, H, hd], got " + x.str());
+    const Tensor c = in_f32(cos, "rope_", "cos");
+    const Tensor s = in_f32(sin, "rope_", "sin");
+    const int64_t n = x.dim(0), h = x.dim(1), hd = x.dim(2), half = hd / 2;
+    if (c.numel() != n * half || s.numel() != n * half)
+      throw internal_error("rope_: tables " + cos.str() + " for " + x.str());
+    cuda::rope(x.data<float>(), c.data<float>(), s.data<float>(), n, h, hd, stream_);
+  }
+
+  // ---- attention ---------------------------------------------------------------------------------
+
+  Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                   const Tensor* bias) override {
+    bind();
+    check_qkv(q, k, v, "attention");
+    const int64_t nq = q.dim(0), nk = k.dim(0), h = q.dim(1), d = q.dim(2);
+    Tensor bf;
+    if (bias) {
+      bf = in_f32(*bias, "attention", "bias");
+      if (bf.numel() != h * nq * nk)
+        throw internal_error("attention: bias " + bias->str() + " for q " + q.str() + " k " +
+                             k.str());
+    }
+    Tensor o = alloc(q.shape(), DType::F32);
+    if (nq == 0) return o;
+    if (nk == 0 || h == 0 || d == 0) {
+      if (o.nbytes()) MG_CUDA_CHECK(cudaMemsetAsync(o.raw(), 0, o.nbytes(), stream_));
+      return o;
+    }
+    if (!bias && cudnn_ok(d)) {
+      const Tensor qb = to_bf16(q, "attention", "q"), kb = to_bf16(k, "attention", "k"),
+                   vb = to_bf16(v, "attention", "v");
+      auto ob = mem_->scratch(static_cast<size_t>(q.numel()) * 2);
+      if (sdpa_->dense(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(), vb.data<uint16_t>(),
+                       static_cast<uint16_t*>(ob.get()), nq, nk, h, d, scale)) {
+        bf16_to_f32(static_cast<uint16_t*>(ob.get()), o.data<float>(), o.numel(), stream_);
+        return o;
+      }
+    }
+    const Tensor qf = in_f32(q, "attention", "q"), kf = in_f32(k, "attention", "k"),
+                 vf = in_f32(v, "attention", "v");
+    attention_f32(blas_, stream_, *mem_, qf.data<float>(), kf.data<float>(), vf.data<float>(),
+                  o.data<float>(), nq, nk, h, d, h * d, scale, bias ? bf.data<float>() : nullptr);
+    return o;
+  }
+
+  Tensor attention_varlen(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const CuSeqlens& cu_q, const CuSeqlens& cu_kv, float scale) override {
+    bind();
+    check_qkv(q, k, v, "attention_varlen");
+    if (cu_q.size() != cu_kv.size() || cu_q.empty() || cu_q.front() != 0 || cu_kv.front() != 0 ||
+        cu_q.back() != q.dim(0) || cu_kv.back() != k.dim(0))
+      throw internal_error("attention_varlen: bad segment offsets for q " + q.str() + " k " +
+                           k.str());
+    const int64_t h = q.dim(1), d = q.dim(2);
+    std::vector<int64_t> lq, lk;
+    bool one_sided = false;  // a segment with queries but no keys, or keys but no queries
+    for (size_t s = 0; s + 1 < cu_q.size(); ++s) {
+      const int64_t nq = cu_q[s + 1] - cu_q[s], nk = cu_kv[s + 1] - cu_kv[s];
+      if (nq < 0 || nk < 0) throw internal_error("attention_varlen: decreasing offsets");
+      if (nq > 0 && nk > 0) {
+        lq.push_back(nq);
+        lk.push_back(nk);
+      } else if (nq > 0 || nk > 0) {
+        one_sided = true;
+      }
+    }
+    Tensor o = alloc(q.shape(), DType::F32);
+    if (o.numel() == 0) return o;
+    if (lq.empty() || h == 0 || d == 0) {
+      MG_CUDA_CHECK(cudaMemsetAsync(o.raw(), 0, o.nbytes(), stream_));
+      return o;
+    }
+    if (!one_sided && cudnn_ok(d)) {
+      // Empty segments removed, the rest are packed back to back: exactly what cuDNN's
+      // ragged layout describes.
+      const Tensor qb = to_bf16(q, "attention_varlen", "q"), kb = to_bf16(k, "attention_varlen", "k"),
+                   vb = to_bf16(v, "attention_varlen", "v");
+      auto ob = mem_->scratch(static_cast<size_t>(q.numel()) * 2);
+      uint16_t* op = static_cast<uint16_t*>(ob.get());
+      const bool done =
+          lq.size() == 1 ? sdpa_->dense(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(),
+                                        vb.data<uint16_t>(), op, lq[0], lk[0], h, d, scale)
+                         : sdpa_->ragged(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(),
+                                         vb.data<uint16_t>(), op, lq, lk, h, d, scale);
+      if (done) {
+        bf16_to_f32(op, o.data<float>(), o.numel(), stream_);
+        return o;
+      }
+    }
+    const Tensor qf = in_f32(q, "attention_varlen", "q"), kf = in_f32(k, "attention_varlen", "k"),
+                 vf = in_f32(v, "attention_varlen", "v");
+    if (one_sided) MG_CUDA_CHECK(cudaMemsetAsync(o.raw(), 0, o.nbytes(), stream_));
+    const int64_t row = h * d;
+    for (size_t s = 0; s + 1 < cu_q.size(); ++s) {
+      const int64_t q0 = cu_q[s], nq = cu_q[s + 1] - q0, k0 = cu_kv[s], nk = cu_kv[s + 1] - k0;
+      if (nq == 0 || nk == 0) continue;
+      attention_f32(blas_, stream_, *mem_, qf.data<float>() + q0 * row,
+                    kf.data<float>() + k0 * row, vf.data<float>() + k0 * row,
+                    o.data<float>() + q0 * row, nq, nk, h, d, row, scale, nullptr);
+    }
+    return o;
+  }
+
+  // ---- gather / scatter --------------------------------------------------------------------------
+
+  Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& idx) override {
+    bind();
+    const Tensor xx = in_f32(x, "gather_rows", "x");
+    if (x.ndim() < 1) throw internal_error("gather_rows: scalar " + x.str());
+    const int64_t n = x.dim(0), row = n ? x.numel() / n : 0;
+    for (int64_t r : idx)
+      if (r < 0 || r >= n) throw internal_error("gather_rows: index out of range");
+    Shape s = x.shape();
+    s[0] = static_cast<int64_t>(idx.size());
+    Tensor y = alloc(s, DType::F32);
+    if (idx.empty() || row == 0) return y;
+    auto di = mem_->scratch(idx.size() * sizeof(int64_t));
+    h2d(di.get(), idx.data(), idx.size() * sizeof(int64_t));
+    cuda::gather_rows(xx.data<float>(), static_cast<int64_t*>(di.get()), y.data<float>(),
+                      static_cast<int64_t>(idx.size()), row, stream_);
+    return y;
+  }
+
+  void scatter_add_rows_(Tensor& out, const Tensor& x, const std::vector<int64_t>& idx,
+                         const std::vector<float>* w) override {
+    bind();
+    expect_out(out, "scatter_add_rows_", "out");
+    const Tensor xx = in_f32(x, "scatter_add_rows_", "x");
+    if (out.ndim() < 1) throw internal_error("scatter_add_rows_: scalar " + out.str());
+    const int64_t n = out.dim(0), row = n ? out.numel() / n : 0;
+    const int64_t m = static_cast<int64_t>(idx.size());
+    if ((x.ndim() < 1 ? 1 : x.dim(0)) != m || x.numel() != m * row ||
+        (w && static_cast<int64_t>(w->size()) != m))
+      throw internal_error("scatter_add_rows_: x " + x.str() + " into " + out.str());
+    for (int64_t r : idx)
+      if (r < 0 || r >= n) throw internal_error("scatter_add_rows_: index out of range");
+    if (m == 0 || row == 0) return;
+    // CSR by destination, sources in increasing i: deterministic and the CPU's summation order.
+    std::vector<int64_t> count(static_cast<size_t>(n) + 1, 0);
+    for (int64_t r : idx) ++count[r + 1];
+    std::vector<int64_t> dst, ptr{0};
+    for (int64_t r = 0; r < n; ++r)
+      if (count[r + 1]) {
+        dst.push_back(r);
+        ptr.push_back(ptr.back() + count[r + 1]);
+      }
+    std::vector<int64_t> start(static_cast<size_t>(n), -1);
+    for (size_t u = 0; u < dst.size(); ++u) start[dst[u]] = ptr[u];
+    std::vector<int64_t> src(static_cast<size_t>(m));
+    std::vector<float> ws(w ? static_cast<size_t>(m) : 0);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t pos = start[idx[i]]++;
+      src[pos] = i;
+      if (w) ws[pos] = (*w)[i];
+    }
+    const int64_t nd = static_cast<int64_t>(dst.size());
+    const size_t b64 = static_cast<size_t>(nd + (nd + 1) + m) * sizeof(int64_t);
+    auto buf = mem_->scratch(b64 + ws.size() * sizeof(float));
+    int64_t* p = static_cast<int64_t*>(buf.get());
+    h2d(p, dst.data(), nd * sizeof(int64_t));
+    h2d(p + nd, ptr.data(), (nd + 1) * sizeof(int64_t));
+    h2d(p + 2 * nd + 1, src.data(), m * sizeof(int64_t));
+    float* wp = nullptr;
+    if (w) {
+      wp = reinterpret_cast<float*>(reinterpret_cast<char*>(buf.get()) + b64);
+      h2d(wp, ws.data(), ws.size() * sizeof(float));
+    }
+    cuda::scatter_add_rows(out.data<float>(), xx.data<float>(), p, p + nd, p + 2 * nd + 1, wp, nd,
+                           row, stream_);
+  }
+
+  // ---- video / conv ------------------------------------------------------------------------------
+
+  Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* b, int pad_t_front, int pad_h,
+                int pad_w) override {
+    bind();
+    const Tensor xx = in_f32(x, "conv3d", "x");
+    expect_dev(w, "conv3d", "w");
+    if (x.ndim() != 4 || w.ndim() != 5 || w.dim(1) != x.dim(0))
+      throw internal_error("conv3d: x " + x.str() + " w " + w.str());
+    if (w.dtype() != DType::BF16 && w.dtype() != DType::F32)
+      throw internal_error("conv3d: weight dtype " + w.str() + " (expected BF16 or F32)");
+    Conv3dShape s{};
+    s.ci = x.dim(0);
+    s.t = x.dim(1);
+    s.h = x.dim(2);
+    s.w = x.dim(3);
+    s.kt = w.dim(2);
+    s.kh = w.dim(3);
+    s.kw = w.dim(4);
+    s.pad_t = pad_t_front;
+    s.pad_h = pad_h;
+    s.pad_w = pad_w;
+    s.to = s.t + pad_t_front - s.kt + 1;
+    s.ho = s.h + 2 * pad_h - s.kh + 1;
+    s.wo = s.w + 2 * pad_w - s.kw + 1;
+    if (s.to <= 0 || s.ho <= 0 || s.wo <= 0)
+      throw internal_error("conv3d: empty output for x " + x.str() + " w " + w.str());
+    const int64_t co = w.dim(0), kk = s.ci * s.kt * s.kh * s.kw;
+    const int64_t P = s.to * s.ho * s.wo;
+    Tensor bias;
+    if (b) {
+      bias = in_f32(*b, "conv3d", "b");
+      if (bias.numel() != co) throw internal_error("conv3d: bias " + b->str() + " for " + w.str());
+    }
+    Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
+    const bool bf = w.dtype() == DType::BF16;
+    const int64_t elem = bf ? 2 : 4;
+    // Column tile: flattened output positions, bounded to ~256 MB, multiple of 64.
+    int64_t np = (int64_t(256) << 20) / std::max<int64_t>(1, kk * elem);
+    np = std::max<int64_t>(64, np / 64 * 64);
+    np = std::min(np, P);
+    auto col = mem_->scratch(static_cast<size_t>(kk * np * elem));
+    for (int64_t p0 = 0; p0 < P; p0 += np) {
+      const int64_t cnt = std::min(np, P - p0);
+      if (bf)
+        im2col3d_bf16(xx.data<float>(), static_cast<uint16_t*>(col.get()), s, p0, cnt, stream_);
+      else
+        im2col3d_f32(xx.data<float>(), static_cast<float*>(col.get()), s, p0, cnt, stream_);
+      // Y^T[p, co] (col-major, ld P) = col^T[p, kk] . W^T[kk, co]
+      GemmArgs g;
+      g.ta = CUBLAS_OP_N;
+      g.tb = CUBLAS_OP_N;
+      g.m = cnt;
+      g.n = co;
+      g.k = kk;
+      g.a = col.get();
+      g.lda = cnt;
+      g.b = w.raw();
+      g.ldb = kk;
+      g.c = y.data<float>() + p0;
+      g.ldc = P;
+      g.ab = bf ? CUDA_R_16BF : CUDA_R_32F;
+      gemm_->run(g);
+    }
+    if (b) add_channel_bias(y.data<float>(), bias.data<float>(), co, P, stream_);
+    return y;
+  }
+
+  Tensor upsample2x(const Tensor& x) override {
+    bind();
+    const Tensor xx = in_f32(x, "upsample2x", "x");
+    if (x.ndim() != 4) throw internal_error("upsample2x: expected [C, T, H, W], got " + x.str());
+    const int64_t c = x.dim(0), t = x.dim(1), h = x.dim(2), w = x.dim(3);
+    Tensor y = alloc({c, t, 2 * h, 2 * w}, DType::F32);
+    cuda::upsample2x(xx.data<float>(), y.data<float>(), c * t, h, w, stream_);
+    return y;
+  }
+
+  Tensor cat_time(const Tensor& a, const Tensor& b) override {
+    bind();
+    const Tensor aa = in_f32(a, "cat_time", "a"), bb = in_f32(b, "cat_time", "b");
+    if (a.ndim() != 4 || b.ndim() != 4 || a.dim(0) != b.dim(0) || a.dim(2) != b.dim(2) ||
+        a.dim(3) != b.dim(3))
+      throw internal_error("cat_time: " + a.str() + " and " + b.str());
+    const int64_t c = a.dim(0), ta = a.dim(1), tb = b.dim(1), f = a.dim(2) * a.dim(3);
+    Tensor y = alloc({c, ta + tb, a.dim(2), a.dim(3)}, DType::F32);
+    const size_t fs = static_cast<size_t>(f) * sizeof(float);
+    copy2d(y.data<float>(), (ta + tb) * fs, aa.data<float>(), ta * fs, ta * fs, c);
+    copy2d(y.data<float>() + ta * f, (ta + tb) * fs, bb.data<float>(), tb * fs, tb * fs, c);
+    return y;
+  }
+
+  Tensor slice_time(const Tensor& x, int64_t t0, int64_t t1) override {
+    bind();
+    const Tensor xx = in_f32(x, "slice_time", "x");
+    if (x.ndim() != 4) throw internal_error("slice_time: expected [C, T, H, W], got " + x.str());
+    const int64_t c = x.dim(0), t = x.dim(1), f = x.dim(2) * x.dim(3);
+    if (t0 < 0 || t1 < t0 || t1 > t)
+      throw internal_error("slice_time: [" + std::to_string(t0) + ", " + std::to_string(t1) +
+                           ") of " + x.str());
+    Tensor y = alloc({c, t1 - t0, x.dim(2), x.dim(3)}, DType::F32);
+    const size_t fs = static_cast<size_t>(f) * sizeof(float);
+    copy2d(y.data<float>(), (t1 - t0) * fs, xx.data<float>() + t0 * f, t * fs, (t1 - t0) * fs, c);
+    return y;
+  }
+
+  Tensor interleave_time(const Tensor& x) override {
+    bind();
+    const Tensor xx = in_f32(x, "interleave_time", "x");
+    if (x.ndim() != 4) throw internal_error("interleave_time: expected [2C, T, H, W], got " + x.str());
+    const int64_t c2 = x.dim(0), t = x.dim(1), f = x.dim(2) * x.dim(3);
+    if (c2 % 2) throw internal_error("interleave_time: odd channel count in " + x.str());
+    const int64_t c = c2 / 2;
+    Tensor y = alloc({c, 2 * t, x.dim(2), x.dim(3)}, DType::F32);
+    // Half s, frame r = i*t + j of its block goes to output frame 2r + s.
+    const size_t fs = static_cast<size_t>(f) * sizeof(float);
+    for (int64_t s = 0; s < 2; ++s)
+      copy2d(y.data<float>() + s * f, 2 * fs, xx.data<float>() + s * c * t * f, fs, fs, c * t);
+    return y;
+  }
+
+  Tensor transpose(const Tensor& x) override {
+    bind();
+    const Tensor xx = in_f32(x, "transpose", "x");
+    if (x.ndim() != 2) throw internal_error("transpose: expected 2-D, got " + x.str());
+    const int64_t r = x.dim(0), c = x.dim(1);
+    Tensor y = alloc({c, r}, DType::F32);
+    transpose2d(xx.data<float>(), y.data<float>(), r, c, stream_);
+    return y;
+  }
+
+  // ---- copies ------------------------------------------------------------------------------------
+
+  Tensor copy(const Tensor& x) override {
+    bind();
+    const Tensor xx = in_f32(x, "copy", "x");
+    if (xx.storage() != x.storage()) return xx;  // already a fresh F32 copy of a BF16 input
+    Tensor y = alloc(x.shape(), DType::F32);
+    if (y.nbytes())
+      MG_CUDA_CHECK(cudaMemcpyAsync(y.raw(), xx.raw(), y.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+    return y;
+  }
+
+  void copy_(Tensor& dst, const Tensor& src) override {
+    bind();
+    expect_out(dst, "copy_", "dst");
+    const Tensor s = in_f32(src, "copy_", "src");
+    expect_numel(dst, s, "copy_");
+    if (dst.nbytes() && dst.raw() != s.raw())
+      MG_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), s.raw(), dst.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+  }
+
+  void synchronize() override {
+    bind();
+    MG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+ private:
+  static constexpr size_t kWorkspace = size_t(32) << 20;
+
+  void bind() const {
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != dev_) MG_CUDA_CHECK(cudaSetDevice(dev_));
+  }
+
+  bool cudnn_ok(int64_t d) const { return use_cudnn_ && d % 8 == 0 && d <= 256; }
+
+  Tensor alloc(const Shape& s, DType dt) {
+    const size_t bytes = static_cast<size_t>(shape_numel(s)) * dtype_size(dt);
+    void* p = mem_->alloc(bytes);
+    auto st = std::make_shared<Storage>();
+    st->data = p;
+    st->bytes = bytes;
+    st->device = Device::cuda(dev_);
+    std::shared_ptr<Allocator> m = mem_;
+    st->free = [m](void* q) { m->release(q); };
+    return Tensor::with_storage(st, s, dt);
+  }
+
+  void h2d(void* dst, const void* src, size_t bytes) {
+    if (bytes) MG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  void copy2d(float* dst, size_t dpitch, const float* src, size_t spitch, size_t width,
+              int64_t height) {
+    if (width == 0 || height == 0) return;
+    MG_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, static_cast<size_t>(height),
+                                    cudaMemcpyDeviceToDevice, stream_));
+  }
+
+  void expect_dev(const Tensor& t, const char* op, const char* arg) const {
+    if (!t.defined())
+      throw internal_error(std::string(op) + ": argument " + arg + " is undefined");
+    const Device d = t.device();
+    if (d.type != DeviceType::CUDA || d.index != dev_)
+      throw internal_error(std::string(op) + ": argument " + arg + " must be a tensor on cuda:" +
+                           std::to_string(dev_) + " (use Ops::upload / Ops::weight), got " +
+                           t.str() + " on " + d.str());
+  }
+  void expect_out(const Tensor& t, const char* op, const char* arg) const {
+    expect_dev(t, op, arg);
+    if (t.dtype() != DType::F32)
+      throw internal_error(std::string(op) + ": argument " + arg +
+                           " must be an F32 activation, got " + t.str());
+  }
+  static void expect_numel(const Tensor& a, const Tensor& b, const char* op) {
+    if (a.numel() != b.numel())
+      throw internal_error(std::string(op) + ": size mismatch " + a.str() + " vs " + b.str());
+  }
+
+  Tensor to_f32(const Tensor& t) {
+    Tensor y = alloc(t.shape(), DType::F32);
+    bf16_to_f32(t.data<uint16_t>(), y.data<float>(), t.numel(), stream_);
+    return y;
+  }
+  // F32 device view of an input: F32 as is, BF16 (weights) converted into a fresh tensor.
+  Tensor in_f32(const Tensor& t, const char* op, const char* arg) {
+    expect_dev(t, op, arg);
+    if (t.dtype() == DType::F32) return t;
+    if (t.dtype() == DType::BF16) return to_f32(t);
+    throw internal_error(std::string(op) + ": argument " + arg + " has dtype " + t.str() +
+                         " (expected F32 or BF16)");
+  }
+  // BF16 device copy of an input (GEMM / attention operand).
+  Tensor to_bf16(const Tensor& t, const char* op, const char* arg) {
+    expect_dev(t, op, arg);
+    if (t.dtype() == DType::BF16) return t;
+    const Tensor f = in_f32(t, op, arg);
+    Tensor y = alloc(t.shape(), DType::BF16);
+    f32_to_bf16(f.data<float>(), y.data<uint16_t>(), f.numel(), stream_);
+    return y;
+  }
+
+  Tensor map1(const Tensor& x, Unary op, float a, float b, const char* name) {
+    bind();
+    const Tensor xx = in_f32(x, name, "x");
+    Tensor y = alloc(x.shape(), DType::F32);
+    unary(op, xx.data<float>(), y.data<float>(), y.numel(), a, b, stream_);
+    return y;
+  }
+  Tensor map2(const Tensor& a, const Tensor& b, Binary op, const char* name) {
+    bind();
+    const Tensor aa = in_f32(a, name, "a"), bb = in_f32(b, name, "b");
+    expect_numel(aa, bb, name);
+    Tensor y = alloc(a.shape(), DType::F32);
+    binary(op, aa.data<float>(), bb.data<float>(), y.data<float>(), y.numel(), stream_);
+    return y;
+  }
+
+  void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) const {
+    expect_dev(q, op, "q");
+    expect_dev(k, op, "k");
+    expect_dev(v, op, "v");
+    if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || k.shape() != v.shape() ||
+        q.dim(1) != k.dim(1) || q.dim(2) != k.dim(2))
+      throw internal_error(std::string(op) + ": q " + q.str() + " k " + k.str() + " v " +
+                           v.str() + " (expected [N, H, hd])");
+  }
+
+  int dev_;
+  std::string name_;
+  std::shared_ptr<Allocator> mem_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  std::shared_ptr<void> ws_;
+  std::unique_ptr<Gemm> gemm_;
+  std::unique_ptr<Sdpa> sdpa_;
+  bool use_cudnn_ = true;
+};
+
+// Device 0..n-1 usable by this build (sm_90a code: compute capability 9.0 exactly).
+std::string probe(int index, bool* ok) {
+  *ok = false;
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("no usable CUDA device: ") + cudaGetErrorName(e) + " (" +
+           cudaGetErrorString(e) +
+           "); is an NVIDIA GPU present and its driver installed? Use --device cpu otherwise";
+  }
+  if (count <= 0) return "no CUDA device is visible; use --device cpu";
+  if (index < 0 || index >= count)
+    return "CUDA device " + std::to_string(index) + " does not exist (" + std::to_string(count) +
+           " visible: cuda:0.." + "cuda:" + std::to_string(count - 1) + ")";
+  cudaDeviceProp p{};
+  const cudaError_t e2 = cudaGetDeviceProperties(&p, index);
+  if (e2 != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("cannot query CUDA device ") + std::to_string(index) + ": " +
+           cudaGetErrorString(e2);
+  }
+  if (p.major != 9 || p.minor != 0)
+    return "CUDA device " + std::to_string(index) + " (" + p.name + ", compute capability " +
+           std::to_string(p.major) + "." + std::to_string(p.minor) +
+           ") is not supported: this build targets sm_90a (Hopper: H100/H200); use --device cpu";
+  *ok = true;
+  return {};
+}
+
+}  // namespace
+}  // namespace cuda
+
+bool cuda_available() {
+  try {
+    bool ok = false;
+    cuda::probe(0, &ok);
+    return ok;
+  } catch (...) {
+    return false;
+  }
+}
+
+std::unique_ptr<Ops> make_cuda_ops(int device_index) {
+  bool ok = false;
+  const std::string why = cuda::probe(device_index, &ok);
+  if (!ok) throw device_error(why);
+  return std::make_unique<cuda::CudaOps>(device_index);
+}
+
+}  // namespace mg

@@ -1,0 +1,445 @@
+// The CUDA backend against the float32 CPU reference, op by op, on random data.
+// Tolerances (relative L2 error): 1e-2 where the CUDA backend computes in bf16 by design
+// (GEMMs with BF16 weights, cuDNN attention), 1e-5 for everything computed in float32.
+// Every test skips cleanly where no usable GPU is present (CI).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+
+#include "mogagen/ops.h"
+
+using namespace mg;
+
+namespace {
+
+#define REQUIRE_CUDA() \
+  if (!mg::cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+constexpr double kBf16Tol = 1e-2;
+constexpr double kF32Tol = 1e-5;
+
+Tensor randn(const Shape& s, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  Tensor t = Tensor::empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(g);
+  return t;
+}
+
+// Host tensor rounded through bf16 (what a BF16 weight holds).
+Tensor bf16_round(const Tensor& t) { return t.to(DType::BF16).to(DType::F32); }
+
+struct Backends {
+  std::unique_ptr<Ops> cpu = make_cpu_ops();
+  std::unique_ptr<Ops> gpu = make_cuda_ops(0);
+  Tensor up(const Tensor& h) { return gpu->upload(h); }
+  Tensor down(const Tensor& d) { return gpu->download(d); }
+};
+
+double check(const Tensor& gpu_host, const Tensor& ref, double tol, const char* what) {
+  EXPECT_EQ(gpu_host.shape(), ref.shape()) << what;
+  if (gpu_host.numel() != ref.numel()) return 1.0;
+  const double e = ref.numel() ? rel_error(gpu_host, ref) : 0.0;
+  std::printf("  [%-44s] rel err %.3e (tol %.0e)\n", what, e, tol);
+  EXPECT_LE(e, tol) << what;
+  return e;
+}
+
+}  // namespace
+
+TEST(CudaOps, UnavailableThrowsDeviceError) {
+  if (mg::cuda_available()) GTEST_SKIP() << "a CUDA device is present";
+  try {
+    make_cuda_ops(0);
+    FAIL() << "make_cuda_ops should throw without a usable GPU";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::Device);
+    EXPECT_FALSE(std::string(e.what()).empty());
+  }
+}
+
+TEST(CudaOps, UploadDownloadZerosWeight) {
+  REQUIRE_CUDA();
+  Backends b;
+  EXPECT_EQ(b.gpu->device().type, DeviceType::CUDA);
+  Tensor h = randn({3, 5, 7}, 1);
+  Tensor d = b.up(h);
+  EXPECT_EQ(d.dtype(), DType::F32);
+  EXPECT_FALSE(d.device().is_cpu());
+  EXPECT_EQ(rel_error(b.down(d), h), 0.0);
+  Tensor z = b.down(b.gpu->zeros({4, 33}));
+  for (int64_t i = 0; i < z.numel(); ++i) ASSERT_EQ(z.f32()[i], 0.0f);
+  EXPECT_EQ(b.gpu->empty({0, 8}).numel(), 0);
+  // weight(): BF16 on the device by default, F32 when kept.
+  Tensor w = b.gpu->weight(h);
+  EXPECT_EQ(w.dtype(), DType::BF16);
+  EXPECT_EQ(rel_error(b.down(w), bf16_round(h)), 0.0);
+  Tensor wf = b.gpu->weight(h, true);
+  EXPECT_EQ(wf.dtype(), DType::F32);
+  EXPECT_EQ(rel_error(b.down(wf), h), 0.0);
+  Tensor wb = b.gpu->weight(h.to(DType::BF16));  // BF16 host tensor goes up as is
+  EXPECT_EQ(rel_error(b.down(wb), bf16_round(h)), 0.0);
+  // Reuse through the caching allocator: many same-size temporaries.
+  for (int i = 0; i < 100; ++i) {
+    Tensor t = b.gpu->scale(d, 2.0f);
+    (void)t;
+  }
+  EXPECT_EQ(rel_error(b.down(b.gpu->scale(d, 2.0f)), b.cpu->scale(h, 2.0f)), 0.0);
+}
+
+TEST(CudaOps, OutOfMemoryIsADeviceError) {
+  REQUIRE_CUDA();
+  Backends b;
+  try {
+    b.gpu->empty({int64_t(1) << 40});  // 4 TiB
+    FAIL() << "expected an out-of-memory error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::Device);
+    const std::string m = e.what();
+    std::printf("  OOM message: %s\n", m.c_str());
+    EXPECT_NE(m.find("out of memory"), std::string::npos) << m;
+    EXPECT_NE(m.find("requested 4398046511104 bytes"), std::string::npos) << m;
+    EXPECT_NE(m.find("free"), std::string::npos) << m;
+  }
+  // The backend still works afterwards.
+  Tensor h = randn({16}, 2);
+  EXPECT_EQ(rel_error(b.down(b.up(h)), h), 0.0);
+}
+
+TEST(CudaOps, LinearBf16) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [m, k, n] : {std::array<int64_t, 3>{77, 320, 200}, {512, 1024, 768}, {1, 64, 3},
+                         {33, 17, 5}}) {
+    Tensor x = randn({m, k}, 10), w = randn({n, k}, 11, 0.05f), bias = randn({n}, 12);
+    Tensor wd = b.gpu->weight(w), bd = b.gpu->weight(bias);
+    ASSERT_EQ(wd.dtype(), DType::BF16);
+    check(b.down(b.gpu->linear(b.up(x), wd, &bd)), b.cpu->linear(x, w, &bias), kBf16Tol,
+          ("linear bf16 " + std::to_string(m) + "x" + std::to_string(k) + "x" + std::to_string(n))
+              .c_str());
+    check(b.down(b.gpu->linear(b.up(x), wd, nullptr)), b.cpu->linear(x, w, nullptr), kBf16Tol,
+          "linear bf16 no bias");
+  }
+  // Leading dims are flattened.
+  Tensor x = randn({4, 3, 64}, 13), w = randn({10, 64}, 14);
+  Tensor y = b.gpu->linear(b.up(x), b.gpu->weight(w), nullptr);
+  EXPECT_EQ(y.shape(), (Shape{4, 3, 10}));
+  check(b.down(y), b.cpu->linear(x, w, nullptr), kBf16Tol, "linear bf16 3-D x");
+}
+
+TEST(CudaOps, LinearF32) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [m, k, n] : {std::array<int64_t, 3>{77, 320, 200}, {1, 256, 1536}, {9, 13, 5}}) {
+    Tensor x = randn({m, k}, 20), w = randn({n, k}, 21, 0.05f), bias = randn({n}, 22);
+    Tensor wd = b.gpu->weight(w, true), bd = b.gpu->weight(bias, true);
+    ASSERT_EQ(wd.dtype(), DType::F32);
+    check(b.down(b.gpu->linear(b.up(x), wd, &bd)), b.cpu->linear(x, w, &bias), kF32Tol,
+          "linear f32 (TF32 off)");
+  }
+}
+
+TEST(CudaOps, Elementwise) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (int64_t n : {int64_t(1), int64_t(1023), int64_t(4096), int64_t(100003)}) {
+    Tensor x = randn({n}, 30, 2.0f), z = randn({n}, 31);
+    Tensor dx = b.up(x), dz = b.up(z);
+    check(b.down(b.gpu->add(dx, dz)), b.cpu->add(x, z), kF32Tol, "add");
+    check(b.down(b.gpu->mul(dx, dz)), b.cpu->mul(x, z), kF32Tol, "mul");
+    check(b.down(b.gpu->gelu_tanh(dx)), b.cpu->gelu_tanh(x), kF32Tol, "gelu_tanh");
+    check(b.down(b.gpu->silu(dx)), b.cpu->silu(x), kF32Tol, "silu");
+    check(b.down(b.gpu->gelu_tanh_mul(dx, dz)), b.cpu->gelu_tanh_mul(x, z), kF32Tol,
+          "gelu_tanh_mul");
+    check(b.down(b.gpu->scale(dx, -0.37f)), b.cpu->scale(x, -0.37f), kF32Tol, "scale");
+    check(b.down(b.gpu->clamp(dx, -0.5f, 1.25f)), b.cpu->clamp(x, -0.5f, 1.25f), kF32Tol, "clamp");
+    Tensor hx = x.clone();
+    b.cpu->add_(hx, z);
+    b.gpu->add_(dx, dz);
+    check(b.down(dx), hx, kF32Tol, "add_");
+  }
+  // Row broadcasts, with F32 and BF16 (weight) rows.
+  Tensor a = randn({37, 96}, 32), y = randn({37, 96}, 33), g = randn({96}, 34);
+  {
+    Tensor ha = a.clone(), da = b.up(a);
+    b.cpu->gated_add_(ha, y, g);
+    b.gpu->gated_add_(da, b.up(y), b.gpu->weight(g, true));
+    check(b.down(da), ha, kF32Tol, "gated_add_");
+  }
+  {
+    Tensor ha = a.clone(), da = b.up(a);
+    b.cpu->gated_add_(ha, y, bf16_round(g));
+    b.gpu->gated_add_(da, b.up(y), b.gpu->weight(g));
+    check(b.down(da), ha, kF32Tol, "gated_add_ (bf16 gate)");
+  }
+  check(b.down(b.gpu->add_row(b.up(a), b.up(g))), b.cpu->add_row(a, g), kF32Tol, "add_row");
+  check(b.down(b.gpu->add_row(b.up(a), b.gpu->weight(g))), b.cpu->add_row(a, bf16_round(g)),
+        kF32Tol, "add_row (bf16 row)");
+  // add of an F32 weight and an activation (the DiT's modulation + e0)
+  Tensor m6 = randn({6, 32}, 35), e0 = randn({6 * 32}, 36);
+  check(b.down(b.gpu->add(b.gpu->weight(m6, true), b.up(e0).reshape({6, 32}))),
+        b.cpu->add(m6, e0.reshape({6, 32})), kF32Tol, "add(weight, activation)");
+}
+
+TEST(CudaOps, Norms) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [n, d] : {std::array<int64_t, 2>{37, 96}, {5, 5120}, {300, 128}, {3, 7}}) {
+    Tensor x = randn({n, d}, 40, 3.0f), w = randn({d}, 41), bb = randn({d}, 42);
+    Tensor sh = randn({d}, 43), sc = randn({d}, 44, 0.3f);
+    Tensor dx = b.up(x);
+    Tensor dw = b.gpu->weight(w, true), db = b.gpu->weight(bb, true);
+    check(b.down(b.gpu->layer_norm(dx, &dw, &db, 1e-6f)), b.cpu->layer_norm(x, &w, &bb, 1e-6f),
+          kF32Tol, "layer_norm affine");
+    check(b.down(b.gpu->layer_norm(dx, nullptr, nullptr, 1e-5f)),
+          b.cpu->layer_norm(x, nullptr, nullptr, 1e-5f), kF32Tol, "layer_norm plain");
+    Tensor w16 = b.gpu->weight(w), b16 = b.gpu->weight(bb);
+    Tensor rw = bf16_round(w), rb = bf16_round(bb);
+    check(b.down(b.gpu->layer_norm(dx, &w16, &b16, 1e-6f)), b.cpu->layer_norm(x, &rw, &rb, 1e-6f),
+          kF32Tol, "layer_norm bf16 affine");
+    check(b.down(b.gpu->layer_norm_modulate(dx, b.up(sh), b.up(sc), 1e-6f)),
+          b.cpu->layer_norm_modulate(x, sh, sc, 1e-6f), kF32Tol, "layer_norm_modulate");
+    check(b.down(b.gpu->rms_norm(dx, dw, 1e-6f)), b.cpu->rms_norm(x, w, 1e-6f), kF32Tol,
+          "rms_norm");
+  }
+  for (auto [c, t, h, w] : {std::array<int64_t, 4>{16, 3, 8, 6}, {96, 2, 17, 13}, {1, 1, 1, 5}}) {
+    Tensor x = randn({c, t, h, w}, 45), g = randn({c}, 46);
+    check(b.down(b.gpu->channel_l2_norm(b.up(x), b.gpu->weight(g, true))),
+          b.cpu->channel_l2_norm(x, g), kF32Tol, "channel_l2_norm");
+  }
+}
+
+TEST(CudaOps, Rope) {
+  REQUIRE_CUDA();
+  Backends b;
+  const int64_t n = 50, h = 3, hd = 16;
+  Tensor x = randn({n, h, hd}, 50), ang = randn({n, hd / 2}, 51, 3.0f);
+  Tensor c = Tensor::empty({n, hd / 2}), s = Tensor::empty({n, hd / 2});
+  for (int64_t i = 0; i < c.numel(); ++i) {
+    c.f32()[i] = std::cos(ang.f32()[i]);
+    s.f32()[i] = std::sin(ang.f32()[i]);
+  }
+  Tensor hx = x.clone(), dx = b.up(x);
+  b.cpu->rope_(hx, c, s);
+  b.gpu->rope_(dx, b.up(c), b.up(s));
+  check(b.down(dx), hx, kF32Tol, "rope_");
+}
+
+TEST(CudaOps, AttentionCudnnDense) {
+  REQUIRE_CUDA();
+  Backends b;
+  const float sc = 1.0f / std::sqrt(128.0f);
+  for (auto [nq, nk, h] : {std::array<int64_t, 3>{300, 300, 4}, {1000, 77, 2}, {64, 512, 12},
+                           {1, 5, 1}}) {
+    Tensor q = randn({nq, h, 128}, 60), k = randn({nk, h, 128}, 61), v = randn({nk, h, 128}, 62);
+    check(b.down(b.gpu->attention(b.up(q), b.up(k), b.up(v), sc)), b.cpu->attention(q, k, v, sc),
+          kBf16Tol,
+          ("attention d128 " + std::to_string(nq) + "x" + std::to_string(nk) + " h" +
+           std::to_string(h))
+              .c_str());
+  }
+  // head dim 64
+  Tensor q = randn({200, 8, 64}, 63), k = randn({150, 8, 64}, 64), v = randn({150, 8, 64}, 65);
+  check(b.down(b.gpu->attention(b.up(q), b.up(k), b.up(v), 0.125f)),
+        b.cpu->attention(q, k, v, 0.125f), kBf16Tol, "attention d64");
+}
+
+TEST(CudaOps, AttentionFallbackBiasAndWideHeads) {
+  REQUIRE_CUDA();
+  Backends b;
+  {  // umT5: additive position bias, head dim 64 -> exact fp32 path
+    const int64_t n = 50, h = 4, d = 64;
+    Tensor q = randn({n, h, d}, 70), k = randn({n, h, d}, 71), v = randn({n, h, d}, 72);
+    Tensor bias = randn({h, n, n}, 73, 2.0f);
+    check(b.down(b.gpu->attention(b.up(q), b.up(k), b.up(v), 1.0f)),
+          b.cpu->attention(q, k, v, 1.0f), kBf16Tol, "attention d64 no bias (cuDNN)");
+    Tensor db = b.up(bias);
+    check(b.down(b.gpu->attention(b.up(q), b.up(k), b.up(v), 1.0f, &db)),
+          b.cpu->attention(q, k, v, 1.0f, &bias), kF32Tol, "attention + bias (fp32 fallback)");
+  }
+  {  // VAE middle attention: one head of 384
+    const int64_t n = 130, d = 384;
+    Tensor q = randn({n, 1, d}, 74), k = randn({n, 1, d}, 75), v = randn({n, 1, d}, 76);
+    const float sc = 1.0f / std::sqrt(float(d));
+    check(b.down(b.gpu->attention(b.up(q), b.up(k), b.up(v), sc)), b.cpu->attention(q, k, v, sc),
+          kF32Tol, "attention d384 (fp32 fallback)");
+  }
+}
+
+TEST(CudaOps, AttentionVarlen) {
+  REQUIRE_CUDA();
+  Backends b;
+  const int64_t h = 4, d = 128;
+  const float sc = 1.0f / std::sqrt(float(d));
+  {  // self-attention within segments, incl. a 1-token and an empty segment -> cuDNN ragged
+    CuSeqlens cu{0, 300, 301, 301, 818, 882};
+    Tensor q = randn({882, h, d}, 80), k = randn({882, h, d}, 81), v = randn({882, h, d}, 82);
+    check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cu, cu, sc)),
+          b.cpu->attention_varlen(q, k, v, cu, cu, sc), kBf16Tol, "varlen self (cuDNN ragged)");
+    // same shapes again: plan cache hit
+    check(b.down(b.gpu->attention_varlen(b.up(v), b.up(q), b.up(k), cu, cu, sc)),
+          b.cpu->attention_varlen(v, q, k, cu, cu, sc), kBf16Tol, "varlen self, cached plan");
+  }
+  {  // cross: different q and kv segment lengths
+    CuSeqlens cq{0, 100, 150, 400}, ck{0, 30, 107, 120};
+    Tensor q = randn({400, h, d}, 83), k = randn({120, h, d}, 84), v = randn({120, h, d}, 85);
+    check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cq, ck, sc)),
+          b.cpu->attention_varlen(q, k, v, cq, ck, sc), kBf16Tol, "varlen cross (cuDNN ragged)");
+  }
+  {  // a segment with queries but no keys -> exact fallback, zero rows
+    CuSeqlens cq{0, 10, 25, 40}, ck{0, 12, 12, 30};
+    Tensor q = randn({40, h, d}, 86), k = randn({30, h, d}, 87), v = randn({30, h, d}, 88);
+    check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cq, ck, sc)),
+          b.cpu->attention_varlen(q, k, v, cq, ck, sc), kF32Tol, "varlen one-sided (fp32)");
+  }
+  {  // single segment -> dense plan
+    CuSeqlens cu{0, 257};
+    Tensor q = randn({257, h, d}, 89), k = randn({257, h, d}, 90), v = randn({257, h, d}, 91);
+    check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cu, cu, sc)),
+          b.cpu->attention_varlen(q, k, v, cu, cu, sc), kBf16Tol, "varlen one segment");
+  }
+}
+
+TEST(CudaOps, AttentionFallbackForced) {
+  REQUIRE_CUDA();
+  setenv("MOGAGEN_NO_CUDNN", "1", 1);
+  Backends b;
+  unsetenv("MOGAGEN_NO_CUDNN");
+  const int64_t h = 4, d = 128;
+  const float sc = 1.0f / std::sqrt(float(d));
+  Tensor q = randn({300, h, d}, 92), k = randn({200, h, d}, 93), v = randn({200, h, d}, 94);
+  check(b.down(b.gpu->attention(b.up(q), b.up(k), b.up(v), sc)), b.cpu->attention(q, k, v, sc),
+        kF32Tol, "attention d128 forced fp32");
+  CuSeqlens cq{0, 100, 300}, ck{0, 150, 200};
+  check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cq, ck, sc)),
+        b.cpu->attention_varlen(q, k, v, cq, ck, sc), kF32Tol, "varlen forced fp32");
+}
+
+TEST(CudaOps, GatherScatter) {
+  REQUIRE_CUDA();
+  Backends b;
+  Tensor x = randn({20, 3, 5}, 100);
+  std::vector<int64_t> idx{3, 0, 19, 3, 7, 7, 7, 12};
+  check(b.down(b.gpu->gather_rows(b.up(x), idx)), b.cpu->gather_rows(x, idx), kF32Tol,
+        "gather_rows");
+  Tensor src = randn({8, 3, 5}, 101);
+  std::vector<float> w{0.5f, -1.0f, 2.0f, 0.25f, 1.0f, 3.0f, -0.5f, 0.1f};
+  for (const std::vector<float>* wp : {static_cast<const std::vector<float>*>(nullptr), static_cast<const std::vector<float>*>(&w)}) {
+    Tensor ho = x.clone(), dout = b.up(x);
+    b.cpu->scatter_add_rows_(ho, src, idx, wp);
+    b.gpu->scatter_add_rows_(dout, b.up(src), idx, wp);
+    check(b.down(dout), ho, kF32Tol, wp ? "scatter_add_rows_ weighted" : "scatter_add_rows_");
+  }
+  EXPECT_THROW(b.gpu->gather_rows(b.up(x), {20}), Error);
+}
+
+TEST(CudaOps, Conv3d) {
+  REQUIRE_CUDA();
+  Backends b;
+  struct Case {
+    int64_t ci, t, h, w, co, kt, kh, kw;
+    int pt, ph, pw;
+  };
+  for (const Case& c : {Case{5, 4, 9, 7, 6, 3, 3, 3, 2, 1, 1}, Case{16, 3, 12, 10, 8, 1, 1, 1, 0, 0, 0},
+                        Case{4, 5, 6, 6, 8, 3, 1, 1, 0, 0, 0}, Case{3, 1, 16, 16, 4, 1, 3, 3, 0, 1, 1},
+                        Case{32, 2, 20, 24, 16, 3, 3, 3, 2, 1, 1}}) {
+    Tensor x = randn({c.ci, c.t, c.h, c.w}, 110), w = randn({c.co, c.ci, c.kt, c.kh, c.kw}, 111, 0.1f);
+    Tensor bias = randn({c.co}, 112);
+    const Tensor ref = b.cpu->conv3d(x, w, &bias, c.pt, c.ph, c.pw);
+    Tensor wb = b.gpu->weight(w), bb = b.gpu->weight(bias, true);
+    check(b.down(b.gpu->conv3d(b.up(x), wb, &bb, c.pt, c.ph, c.pw)), ref, kBf16Tol, "conv3d bf16");
+    Tensor wf = b.gpu->weight(w, true);
+    check(b.down(b.gpu->conv3d(b.up(x), wf, &bb, c.pt, c.ph, c.pw)), ref, kF32Tol, "conv3d f32");
+    check(b.down(b.gpu->conv3d(b.up(x), wf, nullptr, c.pt, c.ph, c.pw)),
+          b.cpu->conv3d(x, w, nullptr, c.pt, c.ph, c.pw), kF32Tol, "conv3d f32 no bias");
+  }
+}
+
+// Shapes large enough that the conv column buffer and the fp32 attention score block are
+// processed in several tiles.
+TEST(CudaOps, TiledConvAndAttention) {
+  REQUIRE_CUDA();
+  Backends b;
+  Tensor x = randn({96, 3, 120, 208}, 140), w = randn({8, 96, 3, 3, 3}, 141, 0.05f);
+  Tensor bias = randn({8}, 142);
+  const Tensor ref = b.cpu->conv3d(x, w, &bias, 2, 1, 1);
+  Tensor bb = b.gpu->weight(bias, true), dx = b.up(x);
+  check(b.down(b.gpu->conv3d(dx, b.gpu->weight(w), &bb, 2, 1, 1)), ref, kBf16Tol,
+        "conv3d bf16, 2 column tiles");
+  check(b.down(b.gpu->conv3d(dx, b.gpu->weight(w, true), &bb, 2, 1, 1)), ref, kF32Tol,
+        "conv3d f32, 4 column tiles");
+  const int64_t n = 12000, d = 384;
+  Tensor q = randn({n, 1, d}, 143), k = randn({n, 1, d}, 144), v = randn({n, 1, d}, 145);
+  const float sc = 1.0f / std::sqrt(float(d));
+  check(b.down(b.gpu->attention(b.up(q), b.up(k), b.up(v), sc)), b.cpu->attention(q, k, v, sc),
+        kF32Tol, "attention d384 n12000, 2 row tiles");
+}
+
+TEST(CudaOps, VideoAndCopies) {
+  REQUIRE_CUDA();
+  Backends b;
+  Tensor x = randn({6, 4, 5, 3}, 120), y = randn({6, 2, 5, 3}, 121);
+  Tensor dx = b.up(x), dy = b.up(y);
+  check(b.down(b.gpu->upsample2x(dx)), b.cpu->upsample2x(x), 0.0, "upsample2x");
+  check(b.down(b.gpu->cat_time(dx, dy)), b.cpu->cat_time(x, y), 0.0, "cat_time");
+  check(b.down(b.gpu->slice_time(dx, 1, 3)), b.cpu->slice_time(x, 1, 3), 0.0, "slice_time");
+  check(b.down(b.gpu->slice_time(dx, 2, 2)), b.cpu->slice_time(x, 2, 2), 0.0, "slice_time empty");
+  check(b.down(b.gpu->interleave_time(dx)), b.cpu->interleave_time(x), 0.0, "interleave_time");
+  for (auto [r, c] : {std::array<int64_t, 2>{37, 70}, {1, 5}, {64, 32}, {1000, 3}}) {
+    Tensor m = randn({r, c}, 122);
+    check(b.down(b.gpu->transpose(b.up(m))), b.cpu->transpose(m), 0.0, "transpose");
+  }
+  check(b.down(b.gpu->copy(dx)), x, 0.0, "copy");
+  Tensor dst = b.gpu->zeros({6 * 4, 15});
+  b.gpu->copy_(dst, dx);
+  check(b.down(dst), x.reshape({24, 15}), 0.0, "copy_");
+  b.gpu->synchronize();
+}
+
+// Throughput of the two hot ops at Wan2.1-1.3B 480p shapes (informational).
+TEST(CudaOps, PerfReport) {
+  REQUIRE_CUDA();
+  Backends b;
+  const int64_t n = 32760, dm = 1536, h = 12, hd = 128;
+  Tensor x = b.gpu->empty({n, dm});
+  Tensor w = b.gpu->weight(randn({dm, dm}, 130, 0.02f)), bias = b.gpu->weight(randn({dm}, 131));
+  Tensor w1 = b.gpu->weight(randn({8960, dm}, 132, 0.02f));
+  auto time_it = [&](auto&& f, int reps) {
+    f();
+    b.gpu->synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) f();
+    b.gpu->synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+  };
+  x = b.gpu->zeros({n, dm});
+  const double tl = time_it([&] { b.gpu->linear(x, w, &bias); }, 10);
+  const double tf = time_it([&] { b.gpu->linear(x, w1, nullptr); }, 10);
+  std::printf("  linear %ldx%ldx%ld bf16: %.3f ms, %.0f TFLOP/s\n", long(n), long(dm), long(dm),
+              tl * 1e3, 2.0 * n * dm * dm / tl / 1e12);
+  std::printf("  linear %ldx%ldx%ld bf16: %.3f ms, %.0f TFLOP/s\n", long(n), long(dm), 8960L,
+              tf * 1e3, 2.0 * n * dm * 8960 / tf / 1e12);
+  Tensor q = b.up(randn({n, h, hd}, 133));
+  const double ta = time_it([&] { b.gpu->attention(q, q, q, 0.088f); }, 5);
+  std::printf("  attention N=%ld H=%ld D=%ld (cuDNN, incl. bf16 conversions): %.3f ms, %.0f TFLOP/s\n",
+              long(n), long(h), long(hd), ta * 1e3, 4.0 * n * n * hd * h / ta / 1e12);
+  CuSeqlens cu{0};
+  for (int64_t len : {4100, 3900, 5000, 2000, 6000, 4096, 3664, 4000}) cu.push_back(cu.back() + len);
+  const double tv = time_it([&] { b.gpu->attention_varlen(q, q, q, cu, cu, 0.088f); }, 5);
+  double fl = 0;
+  for (size_t i = 0; i + 1 < cu.size(); ++i) fl += 4.0 * double(cu[i + 1] - cu[i]) * double(cu[i + 1] - cu[i]) * hd * h;
+  std::printf("  attention_varlen 8 segments, N=%ld H=%ld D=%ld (cuDNN ragged): %.3f ms, %.0f TFLOP/s\n",
+              long(n), long(h), long(hd), tv * 1e3, fl / tv / 1e12);
+  const double tn = time_it([&] { b.gpu->layer_norm(x, nullptr, nullptr, 1e-6f); }, 10);
+  std::printf("  layer_norm [%ld, %ld]: %.3f ms, %.0f GB/s\n", long(n), long(dm), tn * 1e3,
+              2.0 * n * dm * 4 / tn / 1e9);
+  Tensor vx = b.up(randn({96, 3, 120, 208}, 134));
+  Tensor cw = b.gpu->weight(randn({96, 96, 3, 3, 3}, 135, 0.05f));
+  const double tc = time_it([&] { b.gpu->conv3d(vx, cw, nullptr, 2, 1, 1); }, 3);
+  std::printf("  conv3d 96->96 3x3x3 on [96,3,120,208] bf16 (im2col+GEMM): %.3f ms, %.1f TFLOP/s\n",
+              tc * 1e3, 2.0 * 96 * 96 * 27 * 3 * 120 * 208 / tc / 1e12);
+}

@@ -1,0 +1,189 @@
+// mogagen_bench: times the engine's stages at the real Wan2.1 shapes with random weights
+// and prints seconds and achieved TFLOP/s. Needs no weights, FFmpeg or SentencePiece.
+//
+//   mogagen_bench dit --model 1.3b|14b [--frames 21 --height 60 --width 104] [--attention
+//                 dense|moga --groups 5] [--iters 3] [--device cuda]
+//   mogagen_bench vae [--frames 21 --height 60 --width 104]
+//   mogagen_bench t5 [--tokens 512]
+//
+// Weights are views into one shared pool of random bf16 values (the values do not matter
+// for speed, but they are never zeros).
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "mogagen/checkpoint.h"
+#include "mogagen/ops.h"
+#include "models/umt5/umt5.h"
+#include "models/wan_dit/wan_dit.h"
+#include "models/wan_vae/wan_vae.h"
+#include "pipeline/scheduler.h"
+
+using namespace mg;
+
+namespace {
+
+struct Args {
+  std::string what = "dit", model = "1.3b", device = "cuda", attention = "dense";
+  int frames = 21, height = 60, width = 104, iters = 3, groups = 5, tokens = 512, text = 512;
+};
+
+std::shared_ptr<void> g_pool;
+int64_t g_pool_n = 0;
+
+// Random bf16 tensor views into a shared pool (scaled like 1/sqrt(fan_in)).
+TensorSource random_source(const std::vector<WeightSpec>& specs) {
+  int64_t largest = 0;
+  for (const auto& w : specs) largest = std::max(largest, shape_numel(w.shape));
+  if (g_pool_n < largest + 4096) {
+    g_pool_n = largest + 4096;
+    Tensor noise = gaussian_noise({g_pool_n}, 1234);
+    for (int64_t i = 0; i < g_pool_n; ++i) noise.f32()[i] *= 0.02f;
+    Tensor bf = noise.to(DType::BF16);
+    g_pool = bf.storage();
+  }
+  std::map<std::string, Tensor> m;
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& w : specs) {
+    if (w.optional && w.name.find("router") == std::string::npos) continue;
+    for (char c : w.name) h = (h ^ uint8_t(c)) * 1099511628211ull;
+    const int64_t n = shape_numel(w.shape);
+    const int64_t off = int64_t(h % uint64_t(g_pool_n - n));
+    auto* base = static_cast<uint16_t*>(static_cast<Storage*>(g_pool.get())->data);
+    m[w.name] = Tensor::wrap(base + off, w.shape, DType::BF16, Device::cpu(), g_pool);
+  }
+  return TensorSource::from_tensors(std::move(m), "(random bf16 weights)");
+}
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+WanDitConfig dit_config(const std::string& m) {
+  WanDitConfig c;
+  if (m == "14b") {
+    c.dim = 5120, c.ffn_dim = 13824, c.num_heads = 40, c.num_layers = 40;
+  } else if (m == "1.3b") {
+    c.dim = 1536, c.ffn_dim = 8960, c.num_heads = 12, c.num_layers = 30;
+  } else {
+    throw usage_error("--model: expected 1.3b or 14b");
+  }
+  return c;
+}
+
+int bench_dit(const Args& a, Ops& ops) {
+  WanDitConfig cfg = dit_config(a.model);
+  if (a.attention == "moga") cfg.moga.groups = a.groups;
+  const double t0 = now();
+  WeightMap wm = WeightMap::from_source(random_source(cfg.expected_weights()), Component::DiT);
+  WanDit dit(cfg, wm, ops);
+  ops.synchronize();
+  std::printf("dit %s: weights ready in %.1f s\n", a.model.c_str(), now() - t0);
+  Tensor ctx = gaussian_noise({a.text, cfg.text_dim}, 7);
+  auto text = dit.prepare_context({ctx});
+  Tensor x = gaussian_noise({16, a.frames, a.height, a.width}, 9);
+  const AttentionMode mode = a.attention == "moga" ? AttentionMode::Moga : AttentionMode::Dense;
+  const double N = double(a.frames) * (a.height / 2) * (a.width / 2), d = cfg.dim, f = cfg.ffn_dim;
+  const double L = cfg.num_layers, T = cfg.text_len;
+  const double gemm = L * (2 * N * 4 * d * d + 2 * N * 2 * d * d + 2 * N * 2 * d * f);
+  double attn = L * (4 * N * N * d + 4 * N * T * d);
+  dit.forward(x, 999.0, text, {}, mode);  // warm-up (plans, allocator)
+  ops.synchronize();
+  std::vector<double> times;
+  for (int i = 0; i < a.iters; ++i) {
+    const double s = now();
+    dit.forward(x, 500.0 + i, text, {}, mode);
+    ops.synchronize();
+    times.push_back(now() - s);
+  }
+  std::sort(times.begin(), times.end());
+  const double med = times[times.size() / 2];
+  if (mode == AttentionMode::Moga) {
+    // executed attention FLOPs from the routing of the last forward
+    attn = 0;
+    for (const auto& g : dit.group_sizes())
+      for (int64_t n : g) attn += 4.0 * double(n) * n * d;
+    const double hw = (a.height / 2) * (a.width / 2);
+    attn += L * 4.0 * a.frames * hw * hw * d;  // frame branch
+    attn += L * 4.0 * N * std::min<double>(N, hw / 4 * 4 * 2) * d;  // window branch (approx.)
+    attn += L * 4 * N * T * d;
+  }
+  std::printf("dit %s %s N=%.0f: median %.3f s over %d (min %.3f)  GEMM %.1f TFLOP, attention %.1f TFLOP, %.0f TFLOP/s\n",
+              a.model.c_str(), a.attention.c_str(), N, med, a.iters, times.front(), gemm / 1e12, attn / 1e12,
+              (gemm + attn) / med / 1e12);
+  return 0;
+}
+
+int bench_vae(const Args& a, Ops& ops) {
+  WanVaeConfig cfg;
+  WeightMap wm = WeightMap::from_source(random_source(cfg.expected_weights()), Component::VAE);
+  WanVaeDecoder dec(cfg, wm, ops);
+  Tensor z = gaussian_noise({16, a.frames, a.height, a.width}, 3);
+  int64_t frames = 0;
+  auto sink = [&](const Tensor& f) { frames += f.dim(1); };
+  dec.decode(gaussian_noise({16, 2, a.height, a.width}, 3), sink);  // warm-up
+  frames = 0;
+  const double s = now();
+  dec.decode(z, sink);
+  ops.synchronize();
+  const double t = now() - s;
+  std::printf("vae decode %d latent frames -> %lld frames %dx%d: %.3f s (%.1f frames/s)\n", a.frames,
+              (long long)frames, a.width * 8, a.height * 8, t, frames / t);
+  return 0;
+}
+
+int bench_t5(const Args& a, Ops& ops) {
+  UMT5Config cfg;  // umT5-XXL
+  WeightMap wm = WeightMap::from_source(random_source(cfg.expected_weights()), Component::T5);
+  UMT5Encoder enc(cfg, wm, ops);
+  std::vector<int64_t> ids(a.tokens);
+  for (int i = 0; i < a.tokens; ++i) ids[i] = 5 + (i * 7919) % 250000;
+  enc.encode(ids);
+  std::vector<double> times;
+  for (int i = 0; i < std::max(a.iters, 5); ++i) {
+    const double s = now();
+    enc.encode(ids);
+    times.push_back(now() - s);
+  }
+  std::sort(times.begin(), times.end());
+  std::printf("umt5-xxl %d tokens: median %.1f ms\n", a.tokens, times[times.size() / 2] * 1e3);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  if (argc > 1) a.what = argv[1];
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--model") a.model = v;
+    else if (k == "--device") a.device = v;
+    else if (k == "--attention") a.attention = v;
+    else if (k == "--frames") a.frames = std::stoi(v);
+    else if (k == "--height") a.height = std::stoi(v);
+    else if (k == "--width") a.width = std::stoi(v);
+    else if (k == "--iters") a.iters = std::stoi(v);
+    else if (k == "--groups") a.groups = std::stoi(v);
+    else if (k == "--tokens") a.tokens = std::stoi(v);
+    else if (k == "--text") a.text = std::stoi(v);
+    else {
+      std::fprintf(stderr, "mogagen_bench: unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  try {
+    auto ops = make_ops(a.device);
+    if (a.what == "dit") return bench_dit(a, *ops);
+    if (a.what == "vae") return bench_vae(a, *ops);
+    if (a.what == "t5") return bench_t5(a, *ops);
+    std::fprintf(stderr, "mogagen_bench: expected dit, vae or t5\n");
+    return 2;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "mogagen_bench: %s\n", e.what());
+    return int(e.code());
+  }
+}
