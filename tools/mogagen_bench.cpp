@@ -36,10 +36,9 @@ int64_t g_pool_n = 0;
 
 // Random bf16 tensor views into a shared pool (scaled like 1/sqrt(fan_in)).
 TensorSource random_source(const std::vector<WeightSpec>& specs) {
-  int64_t largest = 0;
-  for (const auto& w : specs) largest = std::max(largest, shape_numel(w.shape));
-  if (g_pool_n < largest + 4096) {
-    g_pool_n = largest + 4096;
+  const int64_t pool = int64_t(96) << 20;  // 96M values; larger tensors repeat the pool
+  if (g_pool_n == 0) {
+    g_pool_n = pool;
     Tensor noise = gaussian_noise({g_pool_n}, 1234);
     for (int64_t i = 0; i < g_pool_n; ++i) noise.f32()[i] *= 0.02f;
     Tensor bf = noise.to(DType::BF16);
@@ -51,9 +50,17 @@ TensorSource random_source(const std::vector<WeightSpec>& specs) {
     if (w.optional && w.name.find("router") == std::string::npos) continue;
     for (char c : w.name) h = (h ^ uint8_t(c)) * 1099511628211ull;
     const int64_t n = shape_numel(w.shape);
-    const int64_t off = int64_t(h % uint64_t(g_pool_n - n));
     auto* base = static_cast<uint16_t*>(static_cast<Storage*>(g_pool.get())->data);
-    m[w.name] = Tensor::wrap(base + off, w.shape, DType::BF16, Device::cpu(), g_pool);
+    if (n + 4096 <= g_pool_n) {
+      const int64_t off = int64_t(h % uint64_t(g_pool_n - n));
+      m[w.name] = Tensor::wrap(base + off, w.shape, DType::BF16, Device::cpu(), g_pool);
+    } else {  // e.g. the 256k x 4096 umT5 embedding table
+      Tensor t = Tensor::empty(w.shape, DType::BF16);
+      for (int64_t o = 0; o < n; o += g_pool_n - 4096)
+        std::memcpy(t.data<uint16_t>() + o, base + (h + o) % 4096,
+                    size_t(std::min(n - o, g_pool_n - 4096)) * 2);
+      m[w.name] = t;
+    }
   }
   return TensorSource::from_tensors(std::move(m), "(random bf16 weights)");
 }
