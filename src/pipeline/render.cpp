@@ -268,19 +268,21 @@ RenderResult Engine::render(const JobSpec& job) {
   const int64_t out_frames = 1 + 4 * (latents.dim(1) - 1);
   const int out_w = int(latents.dim(3) * 8), out_h = int(latents.dim(2) * 8);
   VideoWriter writer(job.output, out_w, out_h, job.fps, meta, job.crf);
-  std::vector<std::vector<uint8_t>> keep;  // frames for the preview
-  std::vector<int64_t> keep_index;
+  // Preview: up to 4 evenly spaced frames of every shot (one sheet row per shot).
+  std::vector<std::pair<int64_t, size_t>> keep_index;  // (frame, shot row)
   if (!job.preview.empty()) {
-    int64_t s0 = 0;
-    const auto& ch = meta.chapters;
-    for (const auto& c : ch) {
-      const int64_t n = c.end_frame - c.start_frame;
-      for (int j = 0; j < 4 && j < n; ++j) keep_index.push_back(c.start_frame + (n - 1) * j / 3);
-      s0 += n;
+    if (meta.chapters.empty()) {
+      for (int64_t f : pick_evenly_spaced(out_frames, 4)) keep_index.push_back({f, 0});
+    } else {
+      for (size_t c = 0; c < meta.chapters.size(); ++c) {
+        const auto& ch = meta.chapters[c];
+        for (int64_t f : pick_evenly_spaced(ch.end_frame - ch.start_frame, 4))
+          keep_index.push_back({ch.start_frame + f, c});
+      }
     }
-    if (ch.empty())
-      for (int j = 0; j < 4; ++j) keep_index.push_back((out_frames - 1) * j / 3);
   }
+  std::vector<std::vector<std::vector<uint8_t>>> sheet_rows(
+      meta.chapters.empty() ? size_t(1) : meta.chapters.size());
   std::ofstream dump;
   if (!job.dump_rgb.empty()) {
     dump.open(job.dump_rgb, std::ios::binary);
@@ -297,14 +299,12 @@ RenderResult Engine::render(const JobSpec& job) {
     }
     if (!keep_index.empty()) {
       const int64_t n = frames.dim(1);
-      auto rgb = frames_to_rgb8(frames);
+      const auto rgb = frames_to_rgb8(frames);
       const size_t per = size_t(out_w) * out_h * 3;
       for (int64_t j = 0; j < n; ++j)
-        for (int64_t want : keep_index)
-          if (want == frame_no + j) {
-            keep.emplace_back(rgb.begin() + j * per, rgb.begin() + (j + 1) * per);
-            break;
-          }
+        for (const auto& [want, row] : keep_index)
+          if (want == frame_no + j)
+            sheet_rows[row].emplace_back(rgb.begin() + j * per, rgb.begin() + (j + 1) * per);
     }
     frame_no += frames.dim(1);
     pr.advance(frames.dim(1));
@@ -313,7 +313,8 @@ RenderResult Engine::render(const JobSpec& job) {
   writer.finish();
   res.frames = writer.frames_written();
   if (!job.preview.empty()) {
-    write_contact_sheet(job.preview, keep, out_w, out_h, meta.chapters.empty() ? 1 : int(meta.chapters.size()));
+    const RgbImage sheet = contact_sheet(sheet_rows, out_w, out_h);
+    write_png(job.preview, sheet.rgb, sheet.width, sheet.height);
     pr.info("preview written to " + job.preview);
   }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
