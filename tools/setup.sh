@@ -15,7 +15,7 @@ if [ ! -f models/default/model_index.json ]; then
     rm -rf out/tiny-model
     build/mogagen make-random-model --config configs/tiny-t2v.json --seed 1 -o out/tiny-model
   fi
-  MODEL_ARGS=(--model out/tiny-model --size 256x160 --steps 20)
+  MODEL_ARGS=(--model out/tiny-model --size 160x96 --steps 10)
 fi
 build/mogagen --shots configs/example-shots.json "${MODEL_ARGS[@]}" \
   -o out/example.mp4 --preview out/example.png
