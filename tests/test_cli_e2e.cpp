@@ -27,6 +27,9 @@ class CliE2E : public ::testing::Test {
     make_out_ = r.out;
   }
   void SetUp() override {
+#ifndef MOGAGEN_HAVE_FFMPEG
+    GTEST_SKIP() << "built without FFmpeg: no MP4 output to test";
+#endif
     if (!make_ok_) {
       if (make_out_.find("without SentencePiece") != std::string::npos ||
           make_out_.find("needs SentencePiece") != std::string::npos)

@@ -1,5 +1,6 @@
 // safetensors reader and checkpoint layouts: every malformed-file case with its message,
 // sharded checkpoints, dtype upcasts, layout detection and the golden weight files.
+#include "test_util.h"
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -47,7 +48,7 @@ void expect_error(const std::string& path, std::initializer_list<const char*> ne
   }
 }
 
-std::string golden() { return std::string(MOGAGEN_SOURCE_DIR) + "/../shared/golden"; }
+std::string golden() { return testutil::golden_dir(); }
 
 }  // namespace
 

@@ -1,3 +1,4 @@
+#include "test_util.h"
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -7,7 +8,7 @@
 
 using namespace mg;
 
-static std::string golden() { return std::string(MOGAGEN_SOURCE_DIR) + "/../shared/golden"; }
+static std::string golden() { return testutil::golden_dir(); }
 
 TEST(Scheduler, WanGridMatchesReferenceValues) {
   // wan-notes 4.2: N = 50, shift 5 on Wan's grid.

@@ -1,5 +1,6 @@
 // umT5 encoder and tokenizer: golden outputs, the exact relative-position buckets, Wan's
 // prompt clean-up, EOS and truncation.
+#include "test_util.h"
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -18,7 +19,7 @@ using namespace mg;
 namespace fs = std::filesystem;
 
 namespace {
-std::string golden() { return std::string(MOGAGEN_SOURCE_DIR) + "/../shared/golden"; }
+std::string golden() { return testutil::golden_dir(); }
 }  // namespace
 
 class UMT5Golden : public ::testing::TestWithParam<const char*> {};

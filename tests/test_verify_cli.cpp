@@ -1,6 +1,7 @@
 // `mogagen verify` end to end: every golden set passes on the CPU at 1e-4 (both weight
 // namings for dit and vae), an impossible tolerance fails with exit 1, and a bad folder is
 // a clear input error.
+#include "test_util.h"
 #include <gtest/gtest.h>
 
 #include "e2e_util.h"
@@ -8,7 +9,7 @@
 using namespace e2e;
 
 namespace {
-std::string golden() { return src() + "/../shared/golden"; }
+std::string golden() { return testutil::golden_dir(); }
 bool have_golden() { return std::filesystem::exists(golden() + "/wan-a"); }
 }  // namespace
 

@@ -1,5 +1,6 @@
 // The Wan2.1 DiT: golden outputs (dense from both weight namings; MoGA and per-shot captions),
 // config parsing, shape inference and the error paths.
+#include "test_util.h"
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -20,7 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string golden() { return std::string(MOGAGEN_SOURCE_DIR) + "/../shared/golden"; }
+std::string golden() { return testutil::golden_dir(); }
 
 // A fresh folder under the system temp dir, removed at scope exit.
 struct TempDir {

@@ -1,6 +1,7 @@
 // The Wan2.1 VAE decoder: golden decodes (both weight namings), frame counts, streaming
 // equals decode_all, causality, bounded cache memory, config parsing and inference, and the
 // weight-check error paths.
+#include "test_util.h"
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -22,7 +23,7 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string golden_vae(const std::string& set) {
-  return std::string(MOGAGEN_SOURCE_DIR) + "/../shared/golden/" + set + "/vae";
+  return testutil::golden_dir() + "/" + set + "/vae";
 }
 
 bool have_golden(const std::string& set) {

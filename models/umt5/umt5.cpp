@@ -83,7 +83,7 @@ int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance) {
 // GEMMs through T5's unscaled attention logits drift past the 2e-2 golden tolerance.
 UMT5Encoder::UMT5Encoder(const UMT5Config& cfg, const WeightMap& m, Ops& ops) : cfg_(cfg), ops_(ops) {
   m.check(cfg_.expected_weights(), /*allow_extra=*/true);
-  embed_host_ = m.load_f32("shared.weight");
+  embed_ = m.view("shared.weight");  // stays in the (mmap'd) file; rows converted on use
   for (int i = 0; i < cfg_.num_layers; ++i) {
     const std::string p = "encoder.block." + std::to_string(i) + ".";
     Block b;
@@ -92,7 +92,7 @@ UMT5Encoder::UMT5Encoder(const UMT5Config& cfg, const WeightMap& m, Ops& ops) : 
     b.k = ops_.weight(m.load_f32(p + "layer.0.SelfAttention.k.weight"), true);
     b.v = ops_.weight(m.load_f32(p + "layer.0.SelfAttention.v.weight"), true);
     b.o = ops_.weight(m.load_f32(p + "layer.0.SelfAttention.o.weight"), true);
-    rel_bias_host_.push_back(m.load_f32(p + "layer.0.SelfAttention.relative_attention_bias.weight"));
+    b.rel_bias = ops_.weight(m.load_f32(p + "layer.0.SelfAttention.relative_attention_bias.weight"), true);
     b.norm2 = ops_.weight(m.load_f32(p + "layer.1.layer_norm.weight"), true);
     b.wi0 = ops_.weight(m.load_f32(p + "layer.1.DenseReluDense.wi_0.weight"), true);
     b.wi1 = ops_.weight(m.load_f32(p + "layer.1.DenseReluDense.wi_1.weight"), true);
@@ -110,10 +110,11 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
     if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
       throw input_error("token id " + std::to_string(ids[i]) + " is outside the text encoder's vocabulary of " +
                         std::to_string(cfg_.vocab_size) + " (tokenizer and text encoder do not match)");
-    std::memcpy(x.f32() + i * d, embed_host_.f32() + ids[i] * d, d * sizeof(float));
+    Tensor row = embed_.rows(ids[i], ids[i] + 1).to(DType::F32);
+    std::memcpy(x.f32() + i * d, row.f32(), d * sizeof(float));
   }
-  // Relative position buckets for this length (host, exact integers).
-  std::vector<int> bucket(size_t(L * L));
+  // Relative position buckets for this length (host, exact integers), shared by all layers.
+  std::vector<int64_t> bucket(size_t(L * L));
   for (int64_t i = 0; i < L; ++i)
     for (int64_t j = 0; j < L; ++j)
       bucket[i * L + j] = t5_relative_bucket(j - i, cfg_.relative_attention_num_buckets,
@@ -122,11 +123,8 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
   const float eps = float(cfg_.layer_norm_epsilon);
   for (size_t li = 0; li < blocks_.size(); ++li) {
     const Block& b = blocks_[li];
-    const Tensor& tab = rel_bias_host_[li];  // [buckets, heads]
-    Tensor bias = Tensor::empty({H, L, L});
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < L * L; ++i) bias.f32()[h * L * L + i] = tab.f32()[bucket[i] * H + h];
-    Tensor bias_d = ops_.upload(bias);
+    // bias[h, i, j] = table[bucket(j - i), h], gathered on the backend: [L*L, H] -> [H, L, L]
+    Tensor bias_d = ops_.transpose(ops_.gather_rows(b.rel_bias, bucket)).reshape({H, L, L});
     Tensor a = ops_.rms_norm(hs, b.norm1, eps);
     Tensor q = ops_.linear(a, b.q, nullptr).reshape({L, H, dk});
     Tensor k = ops_.linear(a, b.k, nullptr).reshape({L, H, dk});

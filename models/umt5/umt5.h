@@ -37,9 +37,8 @@ class UMT5Encoder {
   };
   UMT5Config cfg_;
   Ops& ops_;
-  Tensor embed_host_;  // [vocab, d_model] host F32 (gathered on the host)
+  Tensor embed_;  // [vocab, d_model] host, stored dtype (gathered row by row on the host)
   std::vector<Block> blocks_;
-  std::vector<Tensor> rel_bias_host_;  // per layer [buckets, heads]
   Tensor final_norm_;
 };
 
