@@ -237,3 +237,22 @@ TEST_F(CliE2E, BadInputsGiveClearMessagesAndExitCodes) {
     EXPECT_NE(r.out.find("not writable"), std::string::npos) << r.out;
   }
 }
+
+TEST_F(CliE2E, MogaModelRendersAShotListAndReportsRouting) {
+  const std::string m = dir_ + "/tiny-moga", out = dir_ + "/moga.mp4", shots = dir_ + "/moga.json";
+  auto r = sh(bin() + " make-random-model --config " + q(src() + "/configs/tiny-moga-t2v.json") +
+              " --seed 4 -o " + q(m));
+  ASSERT_EQ(r.code, 0) << r.out;
+  write_file(shots, R"({"shots": [{"prompt": "a red circle", "frames": 9}, {"prompt": "a blue square", "frames": 8}]})");
+  r = sh(bin() + " --model " + q(m) + " --device cpu --size 64x48 --steps 2 --seed 1 --shots " +
+         q(shots) + " -o " + q(out) + " --verbose");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(out));
+  EXPECT_NE(r.out.find("MoGA M=3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("MoGA routing"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("block 1:"), std::string::npos) << r.out;
+  // dense attention on the same checkpoint is allowed on request
+  r = sh(bin() + " --model " + q(m) + " --device cpu --size 64x48 --steps 1 --attention dense -p x --frames 5 -o " +
+         q(dir_ + "/moga-dense.mp4"));
+  EXPECT_EQ(r.code, 0) << r.out;
+}

@@ -128,9 +128,11 @@ struct Engine::Impl {
     WeightMap ditmap = WeightMap::open(paths.dit, Component::DiT);
     if (!paths.moga_weights.empty()) ditmap.merge(paths.moga_weights);
     const std::string dcfg = config_beside(ditmap);
-    dit_cfg = dcfg.empty() ? WanDitConfig::infer(ditmap) : WanDitConfig::from_json(read_json(dcfg));
-    if (dit_cfg.moga.groups == 0) dit_cfg.moga.groups = WanDitConfig::infer(ditmap).moga.groups;
-    dit = std::make_unique<WanDit>(dit_cfg, ditmap, *ops);
+    const WanDitConfig asked =
+        dcfg.empty() ? WanDitConfig::infer(ditmap) : WanDitConfig::from_json(read_json(dcfg));
+    dit = std::make_unique<WanDit>(asked, ditmap, *ops);
+    dit_cfg = dit->config();  // the router count comes from the checkpoint
+    if (!dit->has_routers()) dit_cfg.moga.groups = 0;
     dit_desc = paths.dit + " (" + layout_name(ditmap.layout()) + ", dim " +
                std::to_string(dit_cfg.dim) + ", " + std::to_string(dit_cfg.num_layers) +
                " layers" + (dit_cfg.moga.groups ? ", MoGA M=" + std::to_string(dit_cfg.moga.groups) : "") +
