@@ -1,4 +1,5 @@
 // Each CPU op against a naive, loop-by-loop reference on random data.
+#include "test_util.h"
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,13 +11,7 @@ using namespace mg;
 
 namespace {
 
-Tensor randn(const Shape& s, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(g);
-  return t;
-}
+using testutil::randn;
 
 void expect_close(const Tensor& a, const Tensor& b, double tol = 1e-5) {
   ASSERT_EQ(a.numel(), b.numel());

@@ -2,6 +2,7 @@
 // Tolerances (relative L2 error): 1e-2 where the CUDA backend computes in bf16 by design
 // (GEMMs with BF16 weights, cuDNN attention), 1e-5 for everything computed in float32.
 // Every test skips cleanly where no usable GPU is present (CI).
+#include "test_util.h"
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -22,13 +23,7 @@ namespace {
 constexpr double kBf16Tol = 1e-2;
 constexpr double kF32Tol = 1e-5;
 
-Tensor randn(const Shape& s, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(g);
-  return t;
-}
+using testutil::randn;
 
 // Host tensor rounded through bf16 (what a BF16 weight holds).
 Tensor bf16_round(const Tensor& t) { return t.to(DType::BF16).to(DType::F32); }

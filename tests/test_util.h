@@ -1,7 +1,10 @@
 // Shared test helpers.
 #pragma once
 #include <cstdlib>
+#include <random>
 #include <string>
+
+#include "mogagen/tensor.h"
 
 namespace testutil {
 
@@ -10,6 +13,15 @@ namespace testutil {
 inline std::string golden_dir() {
   if (const char* g = std::getenv("MOGAGEN_GOLDEN_DIR")) return g;
   return std::string(MOGAGEN_SOURCE_DIR) + "/../shared/golden";
+}
+
+// A CPU F32 tensor of normal random values (never zeros: they hide unwritten outputs).
+inline mg::Tensor randn(const mg::Shape& s, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  mg::Tensor t = mg::Tensor::empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(g);
+  return t;
 }
 
 }  // namespace testutil

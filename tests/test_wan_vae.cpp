@@ -49,13 +49,7 @@ struct TempDir {
   }
 };
 
-Tensor random_tensor(const Shape& s, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, scale);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = nd(rng);
-  return t;
-}
+using testutil::randn;
 
 // Random decoder weights for `c` (Wan names), plus an encoder tensor so that the file looks
 // like a whole VAE; `skip` leaves tensors out.
@@ -74,7 +68,7 @@ std::string write_random_vae(const fs::path& dir, const WanVaeConfig& c,
     for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = (gamma ? 1.0f : 0.0f) + scale * nd(rng);
     ts[w.name] = t;
   }
-  ts["encoder.conv1.weight"] = random_tensor({int64_t(c.base_dim), 3, 3, 3, 3}, seed + 1, 0.1f);
+  ts["encoder.conv1.weight"] = randn({int64_t(c.base_dim), 3, 3, 3, 3}, seed + 1, 0.1f);
   ts["encoder.conv1.bias"] = Tensor::zeros({int64_t(c.base_dim)});
   const std::string file = (dir / "vae.safetensors").string();
   write_safetensors(file, ts);
@@ -205,7 +199,7 @@ TEST(WanVae, StreamingSinkEqualsDecodeAll) {
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c), Component::VAE);
   auto ops = make_cpu_ops();
   WanVaeDecoder dec(c, m, *ops);
-  const Tensor z = random_tensor({16, 4, 3, 5}, 3);
+  const Tensor z = randn({16, 4, 3, 5}, 3);
   std::vector<Tensor> chunks;
   dec.decode(z, [&](const Tensor& f) { chunks.push_back(f.clone()); }, /*clamp=*/true);
   ASSERT_EQ(chunks.size(), 4u);
@@ -230,7 +224,7 @@ TEST(WanVae, CausalPrefix) {
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c), Component::VAE);
   auto ops = make_cpu_ops();
   WanVaeDecoder dec(c, m, *ops);
-  const Tensor z = random_tensor({16, 3, 2, 3}, 5);
+  const Tensor z = randn({16, 3, 2, 3}, 5);
   const Tensor full = dec.decode_all(z, false);
   ASSERT_EQ(full.dim(1), 9);
   for (int64_t T : {1, 2}) {
@@ -258,7 +252,7 @@ TEST(WanVae, CacheMemoryIsBounded) {
   size_t bytes3 = 0;
   for (int64_t T : {3, 7}) {
     int64_t frames = 0, calls = 0;
-    dec.decode(random_tensor({16, T, 2, 2}, 9), [&](const Tensor& f) {
+    dec.decode(randn({16, T, 2, 2}, 9), [&](const Tensor& f) {
       frames += f.dim(1);
       ++calls;
     });
@@ -288,7 +282,7 @@ TEST(WanVae, OtherConfigurationDecodesAndInfers) {
   EXPECT_EQ(got.temperal_downsample, c.temperal_downsample);
   auto ops = make_cpu_ops();
   WanVaeDecoder dec(got, m, *ops);
-  const Tensor out = dec.decode_all(random_tensor({16, 3, 3, 2}, 1), true);
+  const Tensor out = dec.decode_all(randn({16, 3, 3, 2}, 1), true);
   EXPECT_EQ(out.shape(), (Shape{3, 1 + 2 * 2, 12, 8}));
   EXPECT_EQ(dec.max_cached_frames(), 2);
   EXPECT_EQ(dec.cache_slots(), 1 + 4 + 6 * 2 + 1 + 1);
@@ -396,7 +390,7 @@ TEST(WanVae, RejectsMalformedLatent) {
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c), Component::VAE);
   auto ops = make_cpu_ops();
   WanVaeDecoder dec(c, m, *ops);
-  EXPECT_EQ(code_of([&] { dec.decode_all(random_tensor({8, 2, 2, 2}, 1)); }), ExitCode::Internal);
-  EXPECT_EQ(code_of([&] { dec.decode_all(random_tensor({16, 2, 2}, 1)); }), ExitCode::Internal);
+  EXPECT_EQ(code_of([&] { dec.decode_all(randn({8, 2, 2, 2}, 1)); }), ExitCode::Internal);
+  EXPECT_EQ(code_of([&] { dec.decode_all(randn({16, 2, 2}, 1)); }), ExitCode::Internal);
   EXPECT_EQ(code_of([&] { dec.decode_all(Tensor::zeros({16, 0, 2, 2})); }), ExitCode::Internal);
 }
