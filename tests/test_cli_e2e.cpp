@@ -221,6 +221,9 @@ TEST_F(CliE2E, BadInputsGiveClearMessagesAndExitCodes) {
       {"two-modes", base() + "-p hi --shots " + q(d + "/unknown.json") + o, 2, {"only one of"}},
       {"moga-without-routers", base() + "-p hi --attention moga --frames 5" + o, 4, {"router", "--attention dense"}},
       {"bad-flag", bin() + " --no-such-flag", 2, {"no-such-flag"}},
+      {"bad-device", base() + "-p hi --device gpu" + o, 2, {"--device", "'gpu'"}},
+      {"missing-latents", base() + "--decode-latents " + q(d + "/none.safetensors") + o, 3,
+       {"none.safetensors", "does not exist", "--save-latents"}},
   };
   for (const auto& c : cases) {
     auto r = sh(c.args);

@@ -320,6 +320,14 @@ void finalize(JobSpec& job) {
                       " frames (" + std::to_string(job.latent_frames) +
                       " latent frames); the DiT's position table holds 1024 latent frames");
 
+  if (!job.decode_latents.empty() && !std::filesystem::is_regular_file(job.decode_latents))
+    throw input_error("--decode-latents: '" + job.decode_latents +
+                      "' does not exist (expected a latents file written by --save-latents)");
+  if (job.device != "auto" && job.device != "cpu" && job.device != "cuda" &&
+      !(job.device.rfind("cuda:", 0) == 0 && job.device.size() > 5 &&
+        job.device.find_first_not_of("0123456789", 5) == std::string::npos))
+    throw usage_error("--device: expected auto, cpu, cuda or cuda:N, found '" + job.device + "'");
+
   // Outputs.
   if (job.output.empty() && job.save_latents.empty())
     throw usage_error("no output: give --output FILE.mp4 (or --save-latents FILE)");

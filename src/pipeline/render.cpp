@@ -185,7 +185,12 @@ RenderResult Engine::render(const JobSpec& job) {
 
   Tensor latents;
   if (!job.decode_latents.empty()) {
-    TensorSource src = TensorSource::open(job.decode_latents);
+    TensorSource src;
+    try {
+      src = TensorSource::open(job.decode_latents);
+    } catch (const Error& e) {
+      throw input_error(std::string("--decode-latents: ") + e.what());
+    }
     if (!src.has("latents"))
       throw input_error(job.decode_latents + ": no tensor named 'latents' (write it with "
                         "--save-latents)");
