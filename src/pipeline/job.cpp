@@ -329,9 +329,9 @@ void finalize(JobSpec& job) {
     throw usage_error("--device: expected auto, cpu, cuda or cuda:N, found '" + job.device + "'");
 
   // Outputs.
-  if (job.output.empty() && job.save_latents.empty())
+  if (job.output.empty() && job.save_latents.empty() && job.dump_rgb.empty())
     throw usage_error("no output: give --output FILE.mp4 (or --save-latents FILE)");
-  for (const std::string* p : {&job.output, &job.save_latents, &job.preview}) {
+  for (const std::string* p : {&job.output, &job.save_latents, &job.preview, &job.dump_rgb}) {
     if (p->empty()) continue;
     std::filesystem::path path(*p);
     std::filesystem::path dir = path.parent_path();

@@ -241,7 +241,7 @@ RenderResult Engine::render(const JobSpec& job) {
       pr.info("latents written to " + job.save_latents);
     }
   }
-  if (job.output.empty()) {
+  if (job.output.empty() && job.dump_rgb.empty()) {
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return res;
   }
@@ -274,7 +274,10 @@ RenderResult Engine::render(const JobSpec& job) {
   }
   const int64_t out_frames = 1 + 4 * (latents.dim(1) - 1);
   const int out_w = int(latents.dim(3) * 8), out_h = int(latents.dim(2) * 8);
-  VideoWriter writer(job.output, out_w, out_h, job.fps, meta, job.crf);
+  // Without --output (only --dump-rgb) frames are decoded but no video is written.
+  std::unique_ptr<VideoWriter> writer;
+  if (!job.output.empty())
+    writer = std::make_unique<VideoWriter>(job.output, out_w, out_h, job.fps, meta, job.crf);
   // Preview: up to 4 evenly spaced frames of every shot (one sheet row per shot).
   std::vector<std::pair<int64_t, size_t>> keep_index;  // (frame, shot row)
   if (!job.preview.empty()) {
@@ -299,7 +302,7 @@ RenderResult Engine::render(const JobSpec& job) {
   pr.stage_begin("decoding", out_frames, "frames");
   m.vae->decode(latents, [&](const Tensor& frames) {
     throw_if_interrupted();
-    writer.write_frames(frames);
+    if (writer) writer->write_frames(frames);
     if (dump.is_open()) {
       auto rgb = frames_to_rgb8(frames);
       dump.write(reinterpret_cast<const char*>(rgb.data()), std::streamsize(rgb.size()));
@@ -317,8 +320,8 @@ RenderResult Engine::render(const JobSpec& job) {
     pr.advance(frames.dim(1));
   });
   pr.stage_end();
-  writer.finish();
-  res.frames = writer.frames_written();
+  res.frames = frame_no;
+  if (writer) writer->finish();
   if (!job.preview.empty()) {
     const RgbImage sheet = contact_sheet(sheet_rows, out_w, out_h);
     write_png(job.preview, sheet.rgb, sheet.width, sheet.height);
