@@ -29,6 +29,22 @@ inline Run sh(const std::string& cmd) {
   return r;
 }
 
+// Runs a shell command; returns its stdout only (binary-safe) and sets *code to the status.
+inline std::string capture(const std::string& cmd, int* code) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) {
+    *code = -1;
+    return out;
+  }
+  std::array<char, 65536> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int st = pclose(p);
+  *code = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+  return out;
+}
+
 inline std::string bin() { return MOGAGEN_BINARY; }
 inline std::string src() { return MOGAGEN_SOURCE_DIR; }
 inline std::string q(const std::string& s) { return "'" + s + "'"; }

@@ -1,4 +1,5 @@
 // PNG encoder and contact sheet.
+#include "e2e_util.h"
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,20 +22,7 @@ namespace {
 
 const char* kFfmpeg = "/usr/bin/ffmpeg";
 
-std::string capture(const std::string& cmd, int* code) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) {
-    *code = -1;
-    return out;
-  }
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  *code = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-  return out;
-}
+using e2e::capture;
 
 struct PngTempFolder {
   std::string path;

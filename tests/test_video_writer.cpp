@@ -1,4 +1,5 @@
 // VideoWriter: H.264/MP4 output checked with ffprobe and decoded back with ffmpeg.
+#include "e2e_util.h"
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,21 +28,7 @@ const char* kFfmpeg = "/usr/bin/ffmpeg";
 
 bool tool_present(const char* path) { return access(path, X_OK) == 0; }
 
-// Runs a shell command; returns its stdout (binary-safe) and sets *code to the exit status.
-std::string run_capture(const std::string& cmd, int* code) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) {
-    *code = -1;
-    return out;
-  }
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  *code = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-  return out;
-}
+using e2e::capture;
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
@@ -97,7 +84,7 @@ double psnr(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
 
 nlohmann::json probe(const std::string& file) {
   int code = 0;
-  const std::string out = run_capture(std::string(kFfprobe) +
+  const std::string out = capture(std::string(kFfprobe) +
                                           " -v error -count_frames -show_streams -show_format "
                                           "-show_chapters -of json " + quoted(file),
                                       &code);
@@ -247,7 +234,7 @@ TEST(VideoWriter, WritesH264WithTagsChaptersAndExactFrames) {
     return;
   }
   int code = 0;
-  const std::string raw = run_capture(std::string(kFfmpeg) + " -v error -i " + quoted(out) +
+  const std::string raw = capture(std::string(kFfmpeg) + " -v error -i " + quoted(out) +
                                           " -vsync passthrough -f rawvideo -pix_fmt rgb24 -",
                                       &code);
   ASSERT_EQ(code, 0);
