@@ -60,6 +60,9 @@ class TensorSource {
   Tensor view(const std::string& name) const;      // stored dtype, zero-copy
   Tensor load_f32(const std::string& name) const;  // upcast to F32 (bf16/f16/fp8/ints)
   const std::vector<std::string>& files() const { return paths_; }
+  // Adds the tensors of `other` (its files stay mapped). A name present in both is an error
+  // naming both files, unless `replace`: then `other`'s tensor wins.
+  void add(const TensorSource& other, bool replace = false);
   std::string describe() const;  // paths joined, for messages
 
  private:

@@ -42,9 +42,17 @@ std::string strip_prefix(const std::string& n, Component c) {
   static const std::vector<std::string> vae = {"first_stage_model.", "vae."};
   static const std::vector<std::string> t5 = {"text_encoders.umt5xxl.transformer.",
                                               "text_encoder.", "umt5xxl.transformer."};
+  std::string r = n;
   for (const auto& p : c == Component::DiT ? dit : c == Component::VAE ? vae : t5)
-    if (starts_with(n, p)) return n.substr(p.size());
-  return n;
+    if (starts_with(n, p)) {
+      r = n.substr(p.size());
+      break;
+    }
+  // HF T5 encoder names saved without their "encoder." scope (a bare T5Stack).
+  if (c == Component::T5 && (starts_with(r, "block.") || r == "final_layer_norm.weight" ||
+                             r == "embed_tokens.weight"))
+    r = "encoder." + r;
+  return r;
 }
 
 // ---- DiT: diffusers -> original -----------------------------------------------------------
@@ -236,87 +244,206 @@ std::string to_canonical(const std::string& file_name, Layout l, Component comp)
 // ---- finding the files of a component inside a folder ---------------------------------------
 namespace {
 
-std::vector<std::string> list_safetensors(const fs::path& dir) {
-  std::vector<std::string> r;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") r.push_back(e.path().string());
-  std::sort(r.begin(), r.end());
-  return r;
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return s;
 }
 
-std::string find_index(const fs::path& dir) {
+bool ends_with(const std::string& s, const std::string& p) {
+  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+}
+
+// Which component a file name suggests (ComfyUI / Wan-AI naming habits).
+enum class Kind { DiT, VAE, T5, Other };
+Kind file_kind(const fs::path& f) {
+  const std::string n = lower(f.filename().string());
+  if (n.find("vae") != std::string::npos) return Kind::VAE;
+  if (n.find("t5") != std::string::npos || n.find("text_encoder") != std::string::npos)
+    return Kind::T5;
+  if (n.find("clip") != std::string::npos || n.find("image_encoder") != std::string::npos ||
+      n.find("lora") != std::string::npos)
+    return Kind::Other;
+  return Kind::DiT;
+}
+
+Kind kind_of(Component c) {
+  return c == Component::DiT ? Kind::DiT : c == Component::VAE ? Kind::VAE : Kind::T5;
+}
+
+const char* subfolder(Component c) {
+  return c == Component::DiT ? "transformer" : c == Component::VAE ? "vae" : "text_encoder";
+}
+
+struct Listing {
+  std::vector<fs::path> safetensors, indexes, pickles;
+  std::vector<std::string> all;
+};
+
+Listing list_folder(const fs::path& dir) {
+  Listing l;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string f = e.path().filename().string();
-    if (f.size() > 24 && f.compare(f.size() - 23, 23, ".safetensors.index.json") == 0)
-      return e.path().string();
+    const bool dir_entry = e.is_directory(ec);
+    l.all.push_back(f + (dir_entry ? "/" : ""));
+    if (dir_entry) continue;
+    const std::string lf = lower(f);
+    if (ends_with(lf, ".safetensors")) l.safetensors.push_back(e.path());
+    else if (ends_with(lf, ".safetensors.index.json")) l.indexes.push_back(e.path());
+    else if (ends_with(lf, ".pth") || ends_with(lf, ".pt") || ends_with(lf, ".bin") ||
+             ends_with(lf, ".ckpt"))
+      l.pickles.push_back(e.path());
   }
-  return "";
+  for (auto* v : {&l.safetensors, &l.indexes, &l.pickles}) std::sort(v->begin(), v->end());
+  std::sort(l.all.begin(), l.all.end());
+  return l;
 }
 
-bool name_has(const std::string& path, std::initializer_list<const char*> keys) {
-  std::string f = fs::path(path).filename().string();
-  std::transform(f.begin(), f.end(), f.begin(), ::tolower);
-  for (const char* k : keys)
-    if (f.find(k) != std::string::npos) return true;
-  return false;
-}
-
-std::string folder_listing(const fs::path& dir) {
+std::string join_names(const std::vector<std::string>& v, size_t cap = 16) {
   std::string s;
-  int n = 0;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (n++ == 12) {
-      s += ", ...";
-      break;
-    }
-    s += (s.empty() ? "" : ", ") + e.path().filename().string() + (e.is_directory() ? "/" : "");
-  }
-  return s.empty() ? "(empty)" : s;
+  for (size_t i = 0; i < v.size() && i < cap; ++i) s += (i ? ", " : "") + v[i];
+  if (v.size() > cap) s += ", ... (" + std::to_string(v.size() - cap) + " more)";
+  return s.empty() ? "(nothing)" : s;
 }
 
-TensorSource open_in_folder(const fs::path& dir, Component comp) {
+// "name-00001-of-00003.safetensors" -> "name"; "" when not a shard name.
+std::string shard_stem(const fs::path& f) {
+  static const std::regex re(R"(^(.*)-\d+-of-\d+\.safetensors$)");
+  std::smatch m;
+  const std::string n = f.filename().string();
+  return std::regex_match(n, m, re) ? std::string(m[1]) : "";
+}
+
+TensorSource open_paths(const std::vector<fs::path>& v) {
+  std::vector<std::string> s;
+  for (const auto& p : v) s.push_back(p.string());
+  return TensorSource::open_files(s);
+}
+
+TensorSource open_in_folder(const fs::path& dir_in, Component comp) {
+  fs::path dir = dir_in.lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // "transformer/" -> "transformer"
   std::error_code ec;
-  // A diffusers root: use its component folder.
-  if (fs::exists(dir / "model_index.json", ec)) {
-    const char* sub = comp == Component::DiT ? "transformer" : comp == Component::VAE ? "vae" : "text_encoder";
+  const char* sub = subfolder(comp);
+  // A diffusers root (or any folder with the component's diffusers subfolder).
+  if (fs::exists(dir / "model_index.json", ec) || fs::is_directory(dir / sub, ec)) {
     if (!fs::is_directory(dir / sub, ec))
       throw weights_error(dir.string() + ": a diffusers folder (model_index.json) without " + sub +
-                          "/ for the " + component_name(comp) + kHelp);
+                          "/ for the " + component_name(comp) + "; the folder holds: " +
+                          join_names(list_folder(dir).all) + kHelp);
     return open_in_folder(dir / sub, comp);
   }
-  const std::string idx = find_index(dir);
-  const auto files = list_safetensors(dir);
-  std::vector<std::string> pick;
-  for (const auto& f : files) {
-    const bool vae = name_has(f, {"vae"});
-    const bool t5 = name_has(f, {"t5", "text_encoder", "umt5"});
-    if (comp == Component::VAE && vae) pick.push_back(f);
-    if (comp == Component::T5 && t5 && !vae) pick.push_back(f);
-    if (comp == Component::DiT && !vae && !t5) pick.push_back(f);
-  }
-  if (comp == Component::DiT && !idx.empty() && !name_has(idx, {"vae", "t5"}))
-    return TensorSource::open(idx);
-  if (comp == Component::T5 && pick.empty() && !idx.empty()) return TensorSource::open(idx);
-  if (pick.empty()) {
-    // A component folder of its own (transformer/, vae/, text_encoder/): all its files.
-    const std::string base = dir.filename().string();
-    if ((comp == Component::DiT && base == "transformer") || (comp == Component::VAE && base == "vae") ||
-        (comp == Component::T5 && base == "text_encoder")) {
-      if (!idx.empty()) return TensorSource::open(idx);
-      pick = files;
+  const Listing l = list_folder(dir);
+  // A component folder of its own (transformer/, vae/, text_encoder/): its weights, under the
+  // diffusers / transformers file names (a variant such as *.fp16.safetensors only when alone).
+  if (dir.filename() == sub) {
+    for (const char* stem : {"diffusion_pytorch_model", "model"}) {
+      const fs::path i = dir / (std::string(stem) + ".safetensors.index.json");
+      if (fs::exists(i, ec)) return TensorSource::open(i.string());
+      const fs::path f = dir / (std::string(stem) + ".safetensors");
+      if (fs::exists(f, ec)) return open_paths({f});
+    }
+    if (l.indexes.size() == 1) return TensorSource::open(l.indexes[0].string());
+    if (l.indexes.empty() && !l.safetensors.empty()) {
+      const std::string stem = shard_stem(l.safetensors[0]);
+      bool one_set = l.safetensors.size() == 1 || !stem.empty();
+      for (const auto& f : l.safetensors) one_set = one_set && shard_stem(f) == stem;
+      if (one_set) return open_paths(l.safetensors);
     }
   }
-  if (pick.empty())
-    throw weights_error(dir.string() + ": found no " + component_name(comp) +
-                        " weights (looked for " +
-                        (comp == Component::DiT ? "diffusion_pytorch_model*.safetensors or a .safetensors.index.json"
-                         : comp == Component::VAE ? "a *vae*.safetensors file or vae/"
-                                                  : "a *t5*/*umt5*.safetensors file or text_encoder/") +
-                        "); the folder holds: " + folder_listing(dir) + kHelp);
-  return TensorSource::open_files(pick);
+  const Kind want = kind_of(comp);
+  // An index for this component (Wan-AI 14B: diffusion_pytorch_model.safetensors.index.json).
+  std::vector<fs::path> idx;
+  for (const auto& f : l.indexes)
+    if (file_kind(f) == want) idx.push_back(f);
+  if (idx.size() == 1) return TensorSource::open(idx[0].string());
+  std::vector<fs::path> pick;
+  if (idx.empty()) {
+    for (const auto& f : l.safetensors)
+      if (file_kind(f) == want) pick.push_back(f);
+    if (pick.size() == 1) return open_paths(pick);
+    if (pick.size() > 1) {
+      const std::string stem = shard_stem(pick[0]);
+      bool one_set = !stem.empty();
+      for (const auto& f : pick) one_set = one_set && shard_stem(f) == stem;
+      if (one_set) return open_paths(pick);  // shards of one file without an index
+    }
+  }
+  if (idx.size() > 1 || pick.size() > 1) {
+    std::vector<std::string> names;
+    for (const auto& f : idx.size() > 1 ? idx : pick) names.push_back(f.filename().string());
+    throw weights_error(dir.string() + ": several files could hold the " + component_name(comp) +
+                        " weights (" + join_names(names) + "); pass the one to use as a file path" +
+                        kHelp);
+  }
+  std::string looked = comp == Component::DiT
+                           ? "diffusion_pytorch_model*.safetensors (+ .safetensors.index.json), "
+                             "a ComfyUI wan2.1_t2v_*.safetensors, or transformer/"
+                       : comp == Component::VAE
+                           ? "Wan2.1_VAE.safetensors or any *vae*.safetensors, or vae/"
+                           : "*umt5*.safetensors / *t5*.safetensors (+ index), or text_encoder/";
+  std::string pth;
+  for (const auto& f : l.pickles)
+    if (file_kind(f) == want)
+      pth += "; '" + f.filename().string() +
+             "' is a PyTorch pickle, which mogagen does not read: use a safetensors copy";
+  throw weights_error(dir.string() + ": found no " + component_name(comp) + " weights (looked for " +
+                      looked + "); the folder holds: " + join_names(l.all) + pth + kHelp);
+}
+
+bool is_scaled_fp8_marker(const std::string& n) {
+  return n == "scaled_fp8" || ends_with(n, ".scale_weight") || ends_with(n, ".scale_input");
+}
+
+// Residual blocks per decoder up block of a diffusers VAE (num_res_blocks + 1), for the flat
+// original numbering.
+int vae_resnets(const std::vector<std::string>& names) {
+  static const std::regex up(R"(decoder\.up_blocks\.0\.resnets\.(\d+)\..*)");
+  int mx = -1;
+  for (const auto& n : names) {
+    std::smatch mm;
+    const std::string s2 = strip_prefix(n, Component::VAE);
+    if (std::regex_match(s2, mm, up)) mx = std::max(mx, std::stoi(mm[1]));
+  }
+  return mx >= 0 ? mx + 1 : 3;
+}
+
+// Canonical names of a source's tensors under its detected layout (file name -> canonical).
+std::vector<std::pair<std::string, std::string>> canonical_pairs(const TensorSource& src,
+                                                                 Layout l, Component comp) {
+  const std::vector<std::string> names = src.names();
+  const int resnets = comp == Component::VAE && l == Layout::Diffusers ? vae_resnets(names) : 3;
+  std::vector<std::pair<std::string, std::string>> r;
+  for (const auto& n : names) {
+    if (is_scaled_fp8_marker(strip_prefix(n, comp)))
+      throw weights_error(src.describe() + ": tensor '" + n + "' marks a ComfyUI \"scaled fp8\" " +
+                          component_name(comp) +
+                          " checkpoint, whose fp8 weights need per-tensor scales that mogagen "
+                          "does not apply; use the bf16/fp16 (or plain fp8_e4m3fn) file" + kHelp);
+    const std::string c = comp == Component::VAE && l == Layout::Diffusers
+                              ? vae_from_diffusers(strip_prefix(n, comp), resnets)
+                              : to_canonical(n, l, comp);
+    if (!c.empty()) r.emplace_back(n, c);
+  }
+  return r;
+}
+
+// Binds canonical names; for umT5, `shared.weight` wins over its tied alias
+// `encoder.embed_tokens.weight`.
+void bind_names(std::map<std::string, std::string>& m,
+          const std::vector<std::pair<std::string, std::string>>& pairs, Component comp,
+          bool replace) {
+  std::map<std::string, std::string> fresh;
+  for (const auto& [file, canon] : pairs) {
+    auto it = fresh.find(canon);
+    if (it != fresh.end()) {
+      // Two file tensors with one canonical name: keep the one spelled canonically.
+      if (strip_prefix(it->second, comp) == canon) continue;
+    }
+    fresh[canon] = file;
+  }
+  for (auto& [canon, file] : fresh)
+    if (replace || !m.count(canon)) m[canon] = file;
 }
 
 }  // namespace
@@ -334,26 +461,7 @@ WeightMap WeightMap::from_source(TensorSource src, Component comp) {
   WeightMap m;
   m.comp_ = comp;
   m.layout_ = detect_layout(src.names(), comp);
-  // diffusers VAE: residual blocks per up block, for the flat original numbering.
-  int resnets = 3;
-  if (comp == Component::VAE && m.layout_ == Layout::Diffusers) {
-    static const std::regex up(R"(decoder\.up_blocks\.0\.resnets\.(\d+)\..*)");
-    int mx = -1;
-    for (const auto& n : src.names()) {
-      std::smatch mm;
-      const std::string s2 = strip_prefix(n, comp);
-      if (std::regex_match(s2, mm, up)) mx = std::max(mx, std::stoi(mm[1]));
-    }
-    if (mx >= 0) resnets = mx + 1;
-  }
-  for (const auto& n : src.names()) {
-    const std::string c = comp == Component::VAE && m.layout_ == Layout::Diffusers
-                              ? vae_from_diffusers(strip_prefix(n, comp), resnets)
-                              : to_canonical(n, m.layout_, comp);
-    if (c.empty()) continue;
-    if (comp == Component::T5 && c == "shared.weight" && m.canon_to_file_.count(c)) continue;
-    m.canon_to_file_[c] = n;
-  }
+  bind_names(m.canon_to_file_, canonical_pairs(src, m.layout_, comp), comp, true);
   m.src_ = std::move(src);
   return m;
 }
@@ -361,14 +469,9 @@ WeightMap WeightMap::from_source(TensorSource src, Component comp) {
 void WeightMap::merge(const std::string& path) {
   TensorSource extra = TensorSource::open(path);
   const Layout l = detect_layout(extra.names(), comp_);
-  std::vector<std::string> names = src_.files();
-  for (const auto& f : extra.files()) names.push_back(f);
-  TensorSource all = TensorSource::open_files(names);
-  for (const auto& n : extra.names()) {
-    const std::string c = to_canonical(n, l, comp_);
-    if (!c.empty()) canon_to_file_[c] = n;
-  }
-  src_ = std::move(all);
+  const auto pairs = canonical_pairs(extra, l, comp_);
+  src_.add(extra, /*replace=*/true);
+  bind_names(canon_to_file_, pairs, comp_, /*replace=*/true);
 }
 
 bool WeightMap::has(const std::string& c) const { return canon_to_file_.count(c) != 0; }
@@ -417,8 +520,19 @@ void WeightMap::check(const std::vector<WeightSpec>& expected, bool allow_extra)
       auto it = canon_to_file_.find(k);
       if (it != canon_to_file_.end()) used.insert(it->second);
     }
+    // A file tensor whose canonical name is bound to another file tensor is a duplicate
+    // spelling (umT5's tied encoder.embed_tokens.weight, a router replaced by merge()): not
+    // unexpected.
+    auto shadowed = [&](const std::string& n) {
+      for (Layout l : {Layout::WanOriginal, Layout::Diffusers, Layout::HuggingFace}) {
+        const std::string c = to_canonical(n, l, comp_);
+        auto it = c.empty() ? canon_to_file_.end() : canon_to_file_.find(c);
+        if (it != canon_to_file_.end() && it->second != n && used.count(it->second)) return true;
+      }
+      return false;
+    };
     for (const auto& n : src_.names())
-      if (!used.count(n)) extra.push_back(n);
+      if (!used.count(n) && !shadowed(n)) extra.push_back(n);
   }
   if (missing.empty() && misshapen.empty() && extra.empty()) return;
   std::string msg = src_.describe() + " (" + component_name(comp_) + ", " + layout_name(layout_) +

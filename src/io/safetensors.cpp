@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 namespace mg {
 
@@ -28,6 +29,30 @@ bool parse_dtype(const std::string& s, DType& d) {
       return true;
     }
   return false;
+}
+
+const char* kAccepted = "F32, BF16, F16, F8_E4M3, I64, I32, U8, BOOL";
+
+// A hint for files that are not safetensors at all (PyTorch pickles, zips, text).
+std::string format_hint(const uint8_t* b, size_t n) {
+  if (n >= 2 && b[0] == 'P' && b[1] == 'K')
+    return " (it looks like a zip archive, e.g. a PyTorch .pth/.pt checkpoint: convert it to "
+           "safetensors first)";
+  if (n >= 1 && b[0] == 0x80)
+    return " (it looks like a Python pickle, e.g. a PyTorch .pth/.bin checkpoint: convert it to "
+           "safetensors first)";
+  return "";
+}
+
+// Element-wise upcast of possibly unaligned stored values.
+template <class T, class F>
+void upcast(const uint8_t* src, int64_t n, float* out, F f) {
+#pragma omp parallel for schedule(static) if (n > (int64_t(1) << 18))
+  for (int64_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, src + i * static_cast<int64_t>(sizeof(T)), sizeof(T));
+    out[i] = static_cast<float>(f(v));
+  }
 }
 
 struct Mapping {
@@ -51,6 +76,11 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     ::close(fd);
     throw bad("cannot stat");
   }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw bad(std::string("expected a safetensors file, found a ") +
+              (S_ISDIR(st.st_mode) ? "directory" : "special file"));
+  }
   const size_t fsize = static_cast<size_t>(st.st_size);
   if (fsize < 8) {
     ::close(fd);
@@ -70,18 +100,28 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   std::memcpy(&hlen, base, 8);  // little-endian (x86-64, aarch64)
   if (hlen > kMaxHeader)
     throw bad("header length " + std::to_string(hlen) + " bytes exceeds the 100 MB limit "
-              "(corrupt or not a safetensors file)");
+              "(corrupt or not a safetensors file)" + format_hint(base, fsize));
   if (hlen > fsize - 8)
     throw bad("header length " + std::to_string(hlen) + " bytes runs past the end of the " +
               std::to_string(fsize) + "-byte file (truncated file?)");
   nlohmann::json h;
+  std::set<std::string> seen;  // top-level keys: a repeated name would silently shadow
+  std::string dup;
   try {
-    h = nlohmann::json::parse(reinterpret_cast<const char*>(base + 8),
-                              reinterpret_cast<const char*>(base + 8 + hlen));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw bad(std::string("header is not valid JSON: ") + e.what());
+    h = nlohmann::json::parse(
+        reinterpret_cast<const char*>(base + 8), reinterpret_cast<const char*>(base + 8 + hlen),
+        [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+          if (depth == 1 && ev == nlohmann::json::parse_event_t::key && parsed.is_string() &&
+              !seen.insert(parsed.get<std::string>()).second && dup.empty())
+            dup = parsed.get<std::string>();
+          return true;
+        });
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(std::string("header is not valid JSON: ") + e.what() + format_hint(base, fsize));
   }
-  if (!h.is_object()) throw bad("header must be a JSON object, found " + std::string(h.type_name()));
+  if (!h.is_object())
+    throw bad("header must be a JSON object, found " + std::string(h.type_name()));
+  if (!dup.empty()) throw bad("tensor '" + dup + "' is listed twice in the header");
 
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
@@ -92,7 +132,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     const std::string& name = it.key();
     const auto& v = it.value();
     if (name == "__metadata__") {
-      if (!v.is_object()) throw bad("__metadata__ must be an object of strings");
+      if (!v.is_object())
+        throw bad("__metadata__ must be an object of strings, found " +
+                  std::string(v.type_name()));
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string())
           throw bad("__metadata__[\"" + m.key() + "\"] must be a string, found " +
@@ -102,20 +144,31 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
       continue;
     }
     auto tbad = [&](const std::string& m) { return bad("tensor '" + name + "': " + m); };
-    if (!v.is_object()) throw tbad("entry must be an object with dtype, shape, data_offsets");
-    if (!v.contains("dtype") || !v["dtype"].is_string()) throw tbad("missing string \"dtype\"");
-    if (!v.contains("shape") || !v["shape"].is_array()) throw tbad("missing array \"shape\"");
-    if (!v.contains("data_offsets") || !v["data_offsets"].is_array() ||
-        v["data_offsets"].size() != 2)
-      throw tbad("missing \"data_offsets\" [begin, end]");
+    if (!v.is_object())
+      throw tbad("expected an object with dtype, shape, data_offsets, found " +
+                 std::string(v.type_name()) + " " + v.dump().substr(0, 80));
+    auto field = [&](const char* key, bool (nlohmann::json::*is)() const noexcept,
+                     const char* want) {
+      if (!v.contains(key)) throw tbad(std::string("missing \"") + key + "\" (" + want + ")");
+      if (!(v[key].*is)())
+        throw tbad(std::string("\"") + key + "\" must be " + want + ", found " +
+                   v[key].type_name() + " " + v[key].dump().substr(0, 80));
+    };
+    field("dtype", &nlohmann::json::is_string, "a string");
+    field("shape", &nlohmann::json::is_array, "an array of dims");
+    field("data_offsets", &nlohmann::json::is_array, "an array [begin, end]");
+    if (v["data_offsets"].size() != 2)
+      throw tbad("\"data_offsets\" must be [begin, end], found " + v["data_offsets"].dump());
     TensorInfo ti;
     ti.name = name;
     const std::string ds = v["dtype"].get<std::string>();
     if (!parse_dtype(ds, ti.dtype))
-      throw tbad("unknown dtype '" + ds + "' (accepted: F32, BF16, F16, F8_E4M3, I64, I32, U8, BOOL)");
+      throw tbad("unknown dtype '" + ds + "' (accepted: " + kAccepted + ")");
     for (const auto& d : v["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0)
-        throw tbad("shape entries must be non-negative integers, found " + d.dump());
+      if (!d.is_number_integer() || (!d.is_number_unsigned() && d.get<int64_t>() < 0) ||
+          (d.is_number_unsigned() && d.get<uint64_t>() > (uint64_t(1) << 62)))
+        throw tbad("shape entries must be non-negative integers, found " + d.dump() +
+                   " in shape " + v["shape"].dump());
       ti.shape.push_back(d.get<int64_t>());
     }
     for (const auto& o : v["data_offsets"])
@@ -136,7 +189,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     if (bytes != (__int128)(ti.end - ti.begin))
       throw tbad("holds " + std::to_string(ti.end - ti.begin) + " bytes, but shape " +
                  shape_str(ti.shape) + " x " + dtype_name(ti.dtype) + " needs " +
-                 (bytes >= cap ? std::string("an impossibly large size")
+                 (bytes > (__int128)UINT64_MAX ? std::string("an impossibly large size (over 2^64 bytes)")
                                : std::to_string((unsigned long long)bytes)));
     if (ti.end > ti.begin) ranges.push_back({{ti.begin, ti.end}, name});
     f->tensors_[name] = ti;
@@ -171,7 +224,8 @@ TensorSource TensorSource::open(const std::string& path) {
   if (path.size() > suffix.size() &&
       path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0) {
     std::ifstream in(path);
-    if (!in) throw weights_error(path + ": cannot open the shard index");
+    if (!in)
+      throw weights_error(path + ": cannot open the shard index: " + std::strerror(errno));
     nlohmann::json j;
     try {
       in >> j;
@@ -179,28 +233,44 @@ TensorSource TensorSource::open(const std::string& path) {
       throw weights_error(path + ": shard index is not valid JSON: " + e.what());
     }
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-      throw weights_error(path + ": shard index has no \"weight_map\" object");
+      throw weights_error(path + ": expected a shard index {\"metadata\": ..., \"weight_map\": "
+                          "{tensor: shard file}}, found no \"weight_map\" object");
+    if (j["weight_map"].empty())
+      throw weights_error(path + ": the shard index's weight_map lists no tensors");
     const fs::path dir = fs::path(path).parent_path();
     std::vector<std::string> shards;
     std::map<std::string, std::string> want;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
       if (!it.value().is_string())
-        throw weights_error(path + ": weight_map[\"" + it.key() + "\"] must be a file name");
-      const std::string shard = (dir / it.value().get<std::string>()).string();
+        throw weights_error(path + ": weight_map[\"" + it.key() +
+                            "\"] must be a shard file name, found " + it.value().dump());
+      const std::string rel = it.value().get<std::string>();
+      const std::string shard = (dir / rel).string();
       if (std::find(shards.begin(), shards.end(), shard) == shards.end()) {
-        if (!fs::exists(shard))
-          throw weights_error(path + ": shard '" + it.value().get<std::string>() +
-                              "' listed for tensor '" + it.key() + "' does not exist");
+        std::error_code ec;
+        if (!fs::is_regular_file(shard, ec))
+          throw weights_error(path + ": shard '" + rel + "' listed for tensor '" + it.key() +
+                              "' does not exist (looked for " + shard +
+                              "; download every shard the index lists)");
         shards.push_back(shard);
       }
       want[it.key()] = shard;
     }
     TensorSource src = open_files(shards);
+    std::vector<std::string> bad;
     for (const auto& [name, shard] : want) {
       auto it = src.index_.find(name);
       if (it == src.index_.end() || src.paths_[it->second.first] != shard)
-        throw weights_error(path + ": tensor '" + name + "' is listed in shard '" + shard +
-                            "' but is not in it");
+        bad.push_back("tensor '" + name + "' is listed in shard '" + shard + "' but is not in it" +
+                      (it == src.index_.end() ? std::string(" (nor in any other shard)")
+                                              : " (found in '" + src.paths_[it->second.first] + "')"));
+    }
+    if (!bad.empty()) {
+      std::string m = path + ": the index and its shards disagree (" +
+                      std::to_string(bad.size()) + " tensors):";
+      for (size_t i = 0; i < bad.size() && i < 20; ++i) m += "\n  " + bad[i];
+      if (bad.size() > 20) m += "\n  ... and " + std::to_string(bad.size() - 20) + " more";
+      throw weights_error(m);
     }
     return src;
   }
@@ -268,18 +338,53 @@ Tensor TensorSource::view(const std::string& name) const {
 }
 
 Tensor TensorSource::load_f32(const std::string& name) const {
-  Tensor v = view(name);
-  if (v.dtype() == DType::F32 && reinterpret_cast<uintptr_t>(v.raw()) % alignof(float) == 0)
-    return v.clone();
-  if (v.dtype() == DType::F32) {  // unaligned: copy bytes
-    Tensor t = Tensor::empty(v.shape());
-    std::memcpy(t.raw(), v.raw(), v.nbytes());
-    return t;
+  const Tensor v = view(name);
+  const int64_t n = v.numel();
+  Tensor out = Tensor::empty(v.shape(), DType::F32);
+  if (n == 0) return out;
+  const auto* s = static_cast<const uint8_t*>(v.raw());
+  float* o = out.f32();
+  switch (v.dtype()) {
+    case DType::F32: std::memcpy(o, s, v.nbytes()); break;
+    case DType::BF16: upcast<uint16_t>(s, n, o, bf16_to_f32); break;
+    case DType::F16: upcast<uint16_t>(s, n, o, f16_to_f32); break;
+    case DType::F8E4M3: upcast<uint8_t>(s, n, o, f8e4m3_to_f32); break;
+    case DType::I64: upcast<int64_t>(s, n, o, [](int64_t x) { return x; }); break;
+    case DType::I32: upcast<int32_t>(s, n, o, [](int32_t x) { return x; }); break;
+    case DType::U8:
+    case DType::BOOL: upcast<uint8_t>(s, n, o, [](uint8_t x) { return x; }); break;
   }
-  // Other dtypes: make an aligned copy of the bytes, then convert.
-  Tensor raw = Tensor::empty(v.shape(), v.dtype());
-  std::memcpy(raw.raw(), v.raw(), v.nbytes());
-  return raw.to(DType::F32);
+  return out;
+}
+
+void TensorSource::add(const TensorSource& other, bool replace) {
+  const int off = static_cast<int>(files_.size());
+  for (const auto& [name, entry] : other.index_) {
+    auto it = index_.find(name);
+    if (it != index_.end()) {
+      if (!replace) {
+        const std::string a = it->second.first < 0 ? describe() : paths_[it->second.first];
+        const std::string b =
+            entry.first < 0 ? other.describe() : other.paths_[entry.first];
+        throw weights_error("tensor '" + name + "' appears in both '" + a + "' and '" + b + "'");
+      }
+      if (it->second.first < 0) mem_.erase(name);
+    }
+  }
+  for (const auto& [name, entry] : other.index_) {
+    TensorInfo ti = entry.second;
+    int idx = entry.first;
+    if (idx >= 0) {
+      idx += off;
+      ti.file = idx;
+    } else {
+      mem_[name] = other.mem_.at(name);
+    }
+    index_[name] = {idx, ti};
+  }
+  files_.insert(files_.end(), other.files_.begin(), other.files_.end());
+  paths_.insert(paths_.end(), other.paths_.begin(), other.paths_.end());
+  if (label_.empty() && paths_.empty()) label_ = other.label_;
 }
 
 std::string TensorSource::describe() const {
