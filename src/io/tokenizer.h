@@ -8,9 +8,13 @@
 
 namespace mg {
 
-// Wan's clean-up, natively: full-width ASCII forms (U+FF01..U+FF5E) and the ideographic
-// space folded to ASCII, curly quotes straightened, control characters removed, HTML
-// entities unescaped twice, whitespace runs collapsed, ends stripped.
+// Wan's clean-up (wan-notes §2.1), natively. ftfy.fix_text's relevant fixes: stray C1
+// controls read as Windows-1252, full-width forms (U+FF01..U+FF5E, U+FF5F..U+FFEE symbols)
+// and the ideographic space folded, curly quotes straightened, terminal escapes and control
+// characters removed, and HTML references decoded while no line so far had a literal '<'
+// (repeated until nothing changes); then HTML unescaped twice (Python's html.unescape
+// rules, with a subset of the named references), whitespace runs collapsed, ends stripped.
+// Not reproduced: ftfy's mojibake repair and NFC (SentencePiece's NFKC follows anyway).
 std::string clean_prompt(const std::string& text);
 
 class Tokenizer {
