@@ -9,6 +9,8 @@
 #include <fstream>
 #include <string>
 
+#include "test_util.h"
+
 namespace e2e {
 
 struct Run {
@@ -49,11 +51,7 @@ inline std::string bin() { return MOGAGEN_BINARY; }
 inline std::string src() { return MOGAGEN_SOURCE_DIR; }
 inline std::string q(const std::string& s) { return "'" + s + "'"; }
 
-inline std::string tmpdir(const std::string& tag) {
-  std::string t = std::filesystem::temp_directory_path().string() + "/mogagen-" + tag + "-XXXXXX";
-  char* d = mkdtemp(t.data());
-  return d ? std::string(d) : t;
-}
+inline std::string tmpdir(const std::string& tag) { return testutil::make_tmpdir(tag); }
 
 inline void write_file(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;

@@ -22,13 +22,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string& tmpdir() {
-  static const std::string dir = [] {
-    std::string t = ::testing::TempDir();
-    if (t.empty() || t.back() != '/') t += '/';
-    t += "mogagen-checkpoint-XXXXXX";
-    if (!mkdtemp(t.data())) std::abort();
-    return t;
-  }();
+  static const std::string dir = testutil::make_tmpdir("checkpoint");
   return dir;
 }
 

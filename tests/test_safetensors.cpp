@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mogagen/safetensors.h"
+#include "test_util.h"
 
 using namespace mg;
 using ::testing::HasSubstr;
@@ -19,13 +20,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string& tmpdir() {
-  static const std::string dir = [] {
-    std::string t = ::testing::TempDir();
-    if (t.empty() || t.back() != '/') t += '/';
-    t += "mogagen-safetensors-XXXXXX";
-    if (!mkdtemp(t.data())) std::abort();
-    return t;
-  }();
+  static const std::string dir = testutil::make_tmpdir("safetensors");
   return dir;
 }
 

@@ -1,6 +1,9 @@
 // Shared test helpers.
 #pragma once
+#include <unistd.h>
+
 #include <cstdlib>
+#include <filesystem>
 #include <random>
 #include <string>
 
@@ -13,6 +16,13 @@ namespace testutil {
 inline std::string golden_dir() {
   if (const char* g = std::getenv("MOGAGEN_GOLDEN_DIR")) return g;
   return std::string(MOGAGEN_SOURCE_DIR) + "/../shared/golden";
+}
+
+// A fresh folder under the system temp directory, named mogagen-<tag>-XXXXXX.
+inline std::string make_tmpdir(const std::string& tag) {
+  std::string t = (std::filesystem::temp_directory_path() / ("mogagen-" + tag + "-XXXXXX")).string();
+  if (!mkdtemp(t.data())) std::abort();
+  return t;
 }
 
 // A CPU F32 tensor of normal random values (never zeros: they hide unwritten outputs).
