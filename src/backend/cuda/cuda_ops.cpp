@@ -2,8 +2,8 @@
 //
 // Precision (shared/wan-notes.md §1.6): activations are F32 in device memory; weights are
 // BF16 on the device unless the model asks to keep them F32. `linear` and `conv3d` run bf16
-// tensor-core GEMMs with fp32 accumulation (cuBLASLt) for BF16 weights and plain fp32 GEMMs
-// (TF32 off) for F32 weights; attention runs cuDNN's fused flash attention on bf16 q/k/v
+// tensor-core GEMMs with fp32 accumulation (cuBLASLt) for BF16 weights; for F32 weights
+// `linear` runs plain fp32 GEMMs (TF32 off) and `conv3d` TF32 tensor-core GEMMs; attention runs cuDNN's fused flash attention on bf16 q/k/v
 // (fp32 softmax, F32 result) and an exact fp32 path for what cuDNN rejects (bias, head dims
 // > 256). Every other op is F32 and matches the CPU backend (src/backend/cpu/cpu_ops.cpp),
 // which defines the semantics, to float rounding.
@@ -174,6 +174,7 @@ struct GemmArgs {
   int64_t ldc = 0;
   cudaDataType_t ab = CUDA_R_32F;  // CUDA_R_16BF (fp32 accumulate) or CUDA_R_32F (no TF32)
   const float* bias = nullptr;     // [m], added to every column (epilogue)
+  bool tf32 = false;               // F32 inputs on TF32 tensor cores (fp32 accumulation)
 };
 
 int align_of(const void* p) {
@@ -209,7 +210,7 @@ class Gemm {
                   g.n,                  g.k,                   g.lda,
                   g.ldb,                g.ldc,                 int64_t(g.ab),
                   g.bias != nullptr,    align_of(g.a),         align_of(g.b),
-                  align_of(g.c),        g.bias ? align_of(g.bias) : 0};
+                  align_of(g.c),        g.bias ? align_of(g.bias) : 0, int64_t(g.tf32)};
     auto it = cache_.find(key);
     if (it == cache_.end()) it = cache_.emplace(key, make_entry(g)).first;
     Entry& e = it->second;
@@ -225,12 +226,12 @@ class Gemm {
     // No cuBLASLt algorithm for this layout: the classic API handles everything.
     MG_CUBLAS_CHECK(cublasGemmEx(blas_, g.ta, g.tb, int(g.m), int(g.n), int(g.k), &one, g.a, g.ab,
                                  int(g.lda), g.b, g.ab, int(g.ldb), &zero, g.c, CUDA_R_32F,
-                                 int(g.ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                 int(g.ldc), compute_type(g), CUBLAS_GEMM_DEFAULT));
     if (g.bias) add_bias(g);
   }
 
  private:
-  using Key = std::array<int64_t, 14>;
+  using Key = std::array<int64_t, 15>;
   struct Entry {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -247,9 +248,13 @@ class Gemm {
     }
   }
 
+  static cublasComputeType_t compute_type(const GemmArgs& g) {
+    return g.tf32 && g.ab == CUDA_R_32F ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  }
+
   Entry make_entry(const GemmArgs& g) {
     Entry e;
-    MG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    MG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, compute_type(g), CUDA_R_32F));
     MG_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &g.ta, sizeof(g.ta)));
     MG_CUBLAS_CHECK(
@@ -811,6 +816,9 @@ class CudaOps final : public Ops {
       g.c = y.data<float>() + p0;
       g.ldc = P;
       g.ab = bf ? CUDA_R_16BF : CUDA_R_32F;
+      // F32 conv weights (the VAE) run on TF32 tensor cores: 10-bit mantissa products with
+      // fp32 accumulation, ~1e-3 relative error against the float32 CPU reference.
+      g.tf32 = !bf;
       gemm_->run(g);
     }
     if (b) add_channel_bias(y.data<float>(), bias.data<float>(), co, P, stream_);
