@@ -303,15 +303,12 @@ RenderResult Engine::render(const JobSpec& job) {
   m.vae->decode(latents, [&](const Tensor& frames) {
     throw_if_interrupted();
     if (writer) writer->write_frames(frames);
-    if (dump.is_open()) {
-      auto rgb = frames_to_rgb8(frames);
-      dump.write(reinterpret_cast<const char*>(rgb.data()), std::streamsize(rgb.size()));
-    }
-    if (!keep_index.empty()) {
-      const int64_t n = frames.dim(1);
-      const auto rgb = frames_to_rgb8(frames);
+    if (dump.is_open() || !keep_index.empty()) {
+      const auto rgb = frames_to_rgb8(frames);  // once for the dump and the preview
+      if (dump.is_open())
+        dump.write(reinterpret_cast<const char*>(rgb.data()), std::streamsize(rgb.size()));
       const size_t per = size_t(out_w) * out_h * 3;
-      for (int64_t j = 0; j < n; ++j)
+      for (int64_t j = 0; j < frames.dim(1) && !keep_index.empty(); ++j)
         for (const auto& [want, row] : keep_index)
           if (want == frame_no + j)
             sheet_rows[row].emplace_back(rgb.begin() + j * per, rgb.begin() + (j + 1) * per);
