@@ -114,6 +114,15 @@ class Ops {
   virtual void synchronize() {}
 };
 
+// Shape contract of attention / attention_varlen shared by the backends: q, k, v are
+// [N, H, hd], k and v alike, heads and head dims equal. Throws mg::Error(Internal).
+inline void check_qkv_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
+  if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || k.shape() != v.shape() ||
+      q.dim(1) != k.dim(1) || q.dim(2) != k.dim(2))
+    throw internal_error(std::string(op) + ": q " + q.str() + " k " + k.str() + " v " + v.str() +
+                         " (expected [N, H, hd])");
+}
+
 // The float32 CPU reference backend (OpenBLAS GEMM).
 std::unique_ptr<Ops> make_cpu_ops();
 // The CUDA backend; throws mg::Error(Device) when CUDA is not built or no GPU is present.

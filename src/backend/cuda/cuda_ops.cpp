@@ -1009,10 +1009,7 @@ class CudaOps final : public Ops {
     expect_dev(q, op, "q");
     expect_dev(k, op, "k");
     expect_dev(v, op, "v");
-    if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || k.shape() != v.shape() ||
-        q.dim(1) != k.dim(1) || q.dim(2) != k.dim(2))
-      throw internal_error(std::string(op) + ": q " + q.str() + " k " + k.str() + " v " +
-                           v.str() + " (expected [N, H, hd])");
+    check_qkv_shapes(q, k, v, op);
   }
 
   int dev_;
