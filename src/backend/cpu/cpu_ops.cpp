@@ -28,6 +28,48 @@ void expect_numel(const Tensor& a, const Tensor& b, const char* op) {
 // workers spinning on an oversubscribed machine made small models many times slower).
 inline bool parallel_worth(int64_t work) { return work >= (int64_t(1) << 15); }
 
+}  // namespace
+}  // namespace mg
+
+// OpenBLAS's own thread pool (the pthread build Debian installs by default) and OpenMP's
+// spinning workers fight over the cores: on two cores the DiT ran 2.4x slower than with
+// one pool. The backend keeps OpenBLAS single-threaded and splits large GEMMs over the
+// OpenMP threads itself (sgemm_split). Weak, so that any other CBLAS links too.
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
+namespace mg {
+namespace {
+
+// Row-major C[m, n] = alpha * A[m, k] * op(B) + beta * C, with op(B) = B^T when trans_b
+// (B stored [n, k]) or B (stored [k, n]). Large products are cut along the longer of m
+// and n into one slab per OpenMP thread; each slab is one single-threaded sgemm, so every
+// element is computed exactly as an unsplit call computes it.
+void sgemm_split(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+  const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (nt <= 1 || double(m) * double(n) * double(k) < 2e6 || std::max(m, n) < 2 * 32) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  const bool by_rows = m >= n;
+  const int64_t len = by_rows ? m : n;
+  // slabs in multiples of 16 rows/columns keep the kernels' full tiles
+  const int64_t step = ((len + nt - 1) / nt + 15) / 16 * 16;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int t = 0; t < nt; ++t) {
+    const int64_t lo = std::min<int64_t>(len, int64_t(t) * step);
+    const int64_t hi = std::min<int64_t>(len, lo + step);
+    if (hi <= lo) continue;
+    if (by_rows)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, hi - lo, n, k, alpha, a + lo * lda, lda, b,
+                  ldb, beta, c + lo * ldc, ldc);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, m, hi - lo, k, alpha, a, lda,
+                  trans_b ? b + lo * ldb : b + lo, ldb, beta, c + lo, ldc);
+  }
+}
+
 inline float gelu_tanh_f(float x) {
   const float k = 0.7978845608028654f;  // sqrt(2/pi)
   return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
@@ -49,8 +91,7 @@ void attn_head(const float* q, const float* k, const float* v, float* o, int64_t
   for (int64_t r0 = 0; r0 < nq; r0 += block) {
     const int64_t rb = std::min(block, nq - r0);
     float* s = buf.data();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, nk, d, scale, q + r0 * ldq, ldq,
-                k, ldk, 0.0f, s, nk);
+    sgemm_split(true, rb, nk, d, scale, q + r0 * ldq, ldq, k, ldk, 0.0f, s, nk);
 #pragma omp parallel for schedule(static) if (parallel_worth(rb * nk))
     for (int64_t i = 0; i < rb; ++i) {
       float* row = s + i * nk;
@@ -68,13 +109,15 @@ void attn_head(const float* q, const float* k, const float* v, float* o, int64_t
       const float inv = static_cast<float>(1.0 / sum);
       for (int64_t j = 0; j < nk; ++j) row[j] *= inv;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rb, d, nk, 1.0f, s, nk, v, ldk, 0.0f,
-                o + r0 * ldo, ldo);
+    sgemm_split(false, rb, d, nk, 1.0f, s, nk, v, ldk, 0.0f, o + r0 * ldo, ldo);
   }
 }
 
 class CpuOps final : public Ops {
  public:
+  CpuOps() {
+    if (openblas_set_num_threads) openblas_set_num_threads(1);
+  }
   Device device() const override { return Device::cpu(); }
   std::string name() const override { return "cpu (float32 reference)"; }
 
@@ -107,8 +150,7 @@ class CpuOps final : public Ops {
     Tensor y = Tensor::empty(os);
     float* yp = y.f32();
     if (m > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x.f32(), k, w.f32(),
-                  k, 0.0f, yp, n);
+      sgemm_split(true, m, n, k, 1.0f, x.f32(), k, w.f32(), k, 0.0f, yp, n);
     if (b) {
       expect_f32(*b, "linear", "b");
       if (b->numel() != n) throw internal_error("linear: bias " + b->str() + " for " + w.str());
@@ -457,8 +499,8 @@ class CpuOps final : public Ops {
             }
           }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, co, ncol, kk, 1.0f, wp, kk, cp,
-                    ncol, 0.0f, yp + ot * hw + r0 * wo, to * hw);
+        sgemm_split(false, co, ncol, kk, 1.0f, wp, kk, cp, ncol, 0.0f, yp + ot * hw + r0 * wo,
+                    to * hw);
       }
     }
     if (b) {
