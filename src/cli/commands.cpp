@@ -90,7 +90,7 @@ int run(int argc, char** argv) {
   o["batch"] = app.add_option("--batch", f.batch, "JSON Lines batch file (docs/batch.md)");
   o["config"] = app.add_option("--config", f.config, "JSON file with defaults for every flag");
   o["model"] = app.add_option("--model", f.model,
-                              "model folder (diffusers layout) or DiT file; default: models/");
+                              "model folder (diffusers layout) or DiT file; default: models/default");
   o["dit"] = app.add_option("--dit", f.dit, "DiT weights (file, index.json or folder)");
   o["t5"] = app.add_option("--t5", f.t5, "umT5 encoder weights");
   o["vae"] = app.add_option("--vae", f.vae, "VAE weights");
@@ -167,41 +167,61 @@ int run(int argc, char** argv) {
   if (given("prompt") + given("shots") + given("batch") > 1)
     throw usage_error("give only one of --prompt, --shots and --batch");
 
+  // Settings in rising precedence: built-in defaults, the model's own defaults
+  // (model_index.json "_mogagen.defaults"), --config, the shot list, command-line flags.
+  auto build = [&](JobSpec& job) {
+    if (given("config")) apply_settings(job, parse_json_file(f.config), "", false);
+    if (given("shots")) load_shot_list(job, f.shots);
+    // Command-line flags override the config file and the shot list's global settings.
+    if (given("prompt")) job.shots = {Shot{f.prompt, {}, {}, {}, 0, 0}};
+    if (given("negative")) job.negative_prompt = f.negative;
+    if (given("model")) job.model = f.model;
+    if (given("dit")) job.dit = f.dit;
+    if (given("t5")) job.t5 = f.t5;
+    if (given("vae")) job.vae = f.vae;
+    if (given("tokenizer")) job.tokenizer = f.tokenizer;
+    if (given("moga")) job.moga_weights = f.moga;
+    if (given("size")) parse_size(f.size, job.width, job.height, "--size");
+    if (given("fps")) job.fps = f.fps;
+    if (given("frames")) {
+      job.frames = f.frames;
+      job.duration.reset();
+    }
+    if (given("duration")) {
+      job.duration = f.duration;
+      job.frames.reset();
+    }
+    if (given("steps")) job.steps = f.steps;
+    if (given("shift")) job.shift = f.shift;
+    if (given("guidance")) job.guidance = f.guidance;
+    if (given("sampler")) job.sampler = f.sampler;
+    if (given("seed")) job.seed = f.seed;
+    if (given("attention")) job.attention = f.attention;
+    if (given("device")) job.device = f.device;
+    if (given("output")) job.output = f.output;
+    if (given("save_latents")) job.save_latents = f.save_latents;
+    if (given("decode_latents")) job.decode_latents = f.decode_latents;
+    if (given("preview")) job.preview = f.preview;
+    if (given("crf")) job.crf = f.crf;
+    if (given("dump_rgb")) job.dump_rgb = f.dump_rgb;
+  };
   JobSpec job;
-  if (given("config")) apply_settings(job, parse_json_file(f.config), "", false);
-  if (given("shots")) load_shot_list(job, f.shots);
-  // Command-line flags override the config file and the shot list's global settings.
-  if (given("prompt")) job.shots = {Shot{f.prompt, {}, {}, {}, 0, 0}};
-  if (given("negative")) job.negative_prompt = f.negative;
-  if (given("model")) job.model = f.model;
-  if (given("dit")) job.dit = f.dit;
-  if (given("t5")) job.t5 = f.t5;
-  if (given("vae")) job.vae = f.vae;
-  if (given("tokenizer")) job.tokenizer = f.tokenizer;
-  if (given("moga")) job.moga_weights = f.moga;
-  if (given("size")) parse_size(f.size, job.width, job.height, "--size");
-  if (given("fps")) job.fps = f.fps;
-  if (given("frames")) {
-    job.frames = f.frames;
-    job.duration.reset();
+  build(job);
+  if (const std::string idx = model_defaults_file(job); !idx.empty()) {
+    JobSpec with_model;
+    apply_settings(with_model, parse_json_file(idx), "/_mogagen/defaults", false);
+    build(with_model);
+    // A shot list gives every shot its length: a frame count from the model's defaults
+    // does not apply to it (one set by the user still draws finalize()'s note).
+    const bool multi = with_model.shots.size() > 1 ||
+                       (!with_model.shots.empty() &&
+                        (with_model.shots[0].frames || with_model.shots[0].duration));
+    if (multi && !job.frames && !job.duration) {
+      with_model.frames.reset();
+      with_model.duration.reset();
+    }
+    job = with_model;
   }
-  if (given("duration")) {
-    job.duration = f.duration;
-    job.frames.reset();
-  }
-  if (given("steps")) job.steps = f.steps;
-  if (given("shift")) job.shift = f.shift;
-  if (given("guidance")) job.guidance = f.guidance;
-  if (given("sampler")) job.sampler = f.sampler;
-  if (given("seed")) job.seed = f.seed;
-  if (given("attention")) job.attention = f.attention;
-  if (given("device")) job.device = f.device;
-  if (given("output")) job.output = f.output;
-  if (given("save_latents")) job.save_latents = f.save_latents;
-  if (given("decode_latents")) job.decode_latents = f.decode_latents;
-  if (given("preview")) job.preview = f.preview;
-  if (given("crf")) job.crf = f.crf;
-  if (given("dump_rgb")) job.dump_rgb = f.dump_rgb;
 
   install_interrupt_handler();
   Progress progress(quiet, verbose);
