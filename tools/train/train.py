@@ -1,0 +1,500 @@
+"""Step 2 of training the default model (GPU): the VAE, then the MoGA DiT, then export.
+
+    python3 tools/train/train.py --prep .train/prep --out models/default \
+        --seed 1
+
+1. Text: the frozen umT5 of prepare.py encodes every caption of the grammar once; each
+   caption's rows are kept to its real tokens and zero-padded to text_len (what the engine
+   does per shot).
+2. VAE: the Wan2.1 causal decoder (wan_torch.WanVaeDecoder, base_dim 16) and a small
+   training-only encoder learn to reconstruct procedural clips (shapes.py) with L1 + MSE
+   and a light KL term. Per-channel latent statistics become latents_mean / latents_std.
+3. DiT: Wan2.1 DiT with MoGA self-attention (M router groups, window and frame branches,
+   moga-spec.md) and one caption per shot, trained by flow matching (x_t = (1-s) x0 + s e,
+   target e - x0, t = 1000 s, logit-normal s with shift 3) on clips of one to three shots,
+   10% of them with the empty caption (classifier-free guidance), plus the MoGA paper's
+   group-balancing loss  M * sum_g f_g P_g  (weight 0.02). EMA weights are exported.
+4. Export: a diffusers-layout folder the engine loads (transformer/, vae/, text_encoder/,
+   tokenizer/, model_index.json with the sampling defaults), training.json with the losses.
+
+Budgets are wall-clock seconds (--vae-seconds, --dit-seconds) or exact step counts
+(--vae-steps, --dit-steps: reproduces a run from training.json). Everything random is
+seeded by --seed.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shapes  # noqa: E402
+import st  # noqa: E402
+import wan_torch as wt  # noqa: E402
+
+VAE_CFG = {"base_dim": 16, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+           "attn_scales": [], "temperal_downsample": [False, True, True]}
+
+
+def dit_config(text_dim, text_len, groups):
+    return {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": text_len, "in_dim": 16,
+            "dim": 256, "ffn_dim": 768, "freq_dim": 256, "text_dim": text_dim, "out_dim": 16,
+            "num_heads": 4, "num_layers": 6, "eps": 1e-06,
+            "attention": {"type": "moga", "groups": groups, "windows": [2, 2], "temporal_group": 4,
+                          "kv_extend": 2}}
+
+
+# shot layouts (latent frames per shot) the DiT sees; 13 latent frames = 49 video frames
+DIT_LAYOUTS = [[13], [13], [7, 6], [6, 7], [9, 4], [4, 9], [5, 4, 4], [4, 5, 4], [5, 5, 3],
+               [9], [5, 4], [3, 3, 3]]
+VAE_LAYOUTS = [[3], [3], [2, 1], [1, 2]]
+
+
+def amp(device):
+    """bf16 autocast on the GPU; plain float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def lr_at(base, step, warmup, frac):
+    """Linear warm-up, then cosine decay to 10% over the budget (frac = share used)."""
+    cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
+    return base * min(1.0, (step + 1) / warmup) * cos
+
+
+def used(steps_budget, seconds_budget, step, t0):
+    return step / steps_budget if steps_budget else (time.time() - t0) / seconds_budget
+
+
+class Log:
+    def __init__(self, path):
+        self.f = open(path, "a")
+        self.t0 = time.time()
+
+    def __call__(self, msg):
+        line = f"[{time.time() - self.t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        self.f.write(line + "\n")
+        self.f.flush()
+
+
+def encode_captions(prep, device):
+    cfg = json.load(open(os.path.join(prep, "text_encoder", "config.json")))
+    t5 = wt.UMT5Encoder(cfg)
+    t5.load_hf(st.load(os.path.join(prep, "text_encoder", "model.safetensors")))
+    t5 = t5.to(device)
+    caps = json.load(open(os.path.join(prep, "captions.json")))
+    L = caps["text_len"]
+    table = torch.zeros(len(caps["ids"]), L, cfg["d_model"], device=device)
+    for i, ids in enumerate(caps["ids"]):
+        out = t5(torch.tensor(ids, device=device))
+        table[i, :out.shape[0]] = out
+    return table, cfg, caps
+
+
+def make_ctx(table, ids):
+    """ids [B, S] caption ids (-1: the empty caption, the table's last row) -> [B, S, L, d]."""
+    ids = torch.where(ids < 0, torch.full_like(ids, table.shape[0] - 1), ids)
+    return table[ids.to(table.device)]
+
+
+def train_vae(a, log, gen, device):
+    enc = wt.ShapesEncoder(16).to(device)
+    dec = wt.WanVaeDecoder(VAE_CFG).to(device)
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.AdamW(params, lr=a.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    w, h = a.width, a.height
+    step, t0, hist = 0, time.time(), []
+    while True:
+        if a.vae_steps:
+            if step >= a.vae_steps:
+                break
+        elif time.time() - t0 > a.vae_seconds:
+            break
+        lay = VAE_LAYOUTS[step % len(VAE_LAYOUTS)]
+        video, _ = shapes.sample_clips(gen, a.vae_batch, lay, h, w, device)
+        lr = lr_at(a.vae_lr, step, 200, used(a.vae_steps, a.vae_seconds, step, t0) if a.lr_decay == "cosine" else 0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with amp(device):
+            mu, logvar = enc(video)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            rec = dec(z).float()
+        l1 = (rec - video).abs().mean()
+        l2 = ((rec - video) ** 2).mean()
+        kl = 0.5 * (mu.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
+        loss = l1 + l2 + a.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        hist.append([l1.item(), l2.item(), kl.item()])
+        step += 1
+        if step % 100 == 0:
+            m = torch.tensor(hist[-100:]).mean(0).tolist()
+            log(f"vae step {step}: l1 {m[0]:.4f} mse {m[1]:.5f} kl {m[2]:.3f}")
+    final = torch.tensor(hist[-100:]).mean(0).tolist()
+    return enc, dec, {"steps": step, "seconds": round(time.time() - t0, 1),
+                                 "final_l1": final[0], "final_mse": final[1], "final_kl": final[2],
+                                 "psnr_db": -10 * math.log10(final[1] / 4.0)}
+
+
+@torch.no_grad()
+def latent_stats(enc, a, gen, device):
+    mus = []
+    for i in range(16):
+        video, _ = shapes.sample_clips(gen, 8, DIT_LAYOUTS[i % len(DIT_LAYOUTS)], a.height, a.width, device)
+        with amp(device):
+            mu, _ = enc(video)
+        mus.append(mu.float().transpose(0, 1).reshape(16, -1))
+    m = torch.cat(mus, 1)
+    return m.mean(1), m.std(1)
+
+
+def balance_loss(stats, groups):
+    """Switch-style load balancing: M * sum_g f_g * P_g per MoGA layer, averaged."""
+    out = 0.0
+    for p, gid in stats:
+        f = F.one_hot(gid, groups).float().mean(dim=(0, 1))
+        P = p.mean(dim=(0, 1))
+        out = out + groups * (f.detach() * P).sum()
+    return out / max(len(stats), 1)
+
+
+def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, resume=None,
+              slice_seconds=0.0):
+    """Flow-matching training of the MoGA DiT. resume: a state from an earlier call (the
+    budget --dit-seconds / --dit-steps counts over all calls); slice_seconds: stop this call
+    after so many seconds (0: run to the end of the budget). Returns (model with EMA weights,
+    config, info, state); state["done"] says whether the budget is used up."""
+    cfg = dit_config(text_dim, text_len, a.groups)
+    model = wt.WanDiT(cfg).to(device)
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.self_attn.router.weight.normal_(0, 0.02)
+            blk.self_attn.router.bias.zero_()
+    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=a.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    step, hist, before = 0, [], 0.0
+    if resume:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+        ema = {k: v.to(device) for k, v in resume["ema"].items()}
+        step, hist, before = resume["step"], resume["hist"], resume["seconds"]
+        gen.set_state(resume["gen"])
+        log(f"dit: resumed at step {step} after {before:.0f} s")
+    layouts = {}
+    t0 = time.time() - before  # so that time.time() - t0 counts every call's training time
+    t_call = time.time()
+    mean5, std5 = mean[None, :, None, None, None], std[None, :, None, None, None]
+    done = False
+    while True:
+        if a.dit_steps:
+            if step >= a.dit_steps:
+                done = True
+                break
+        elif time.time() - t0 > a.dit_seconds:
+            done = True
+            break
+        if slice_seconds and time.time() - t_call > slice_seconds:
+            break
+        if a.dit_preflight:  # every layout once, in order
+            shots = DIT_LAYOUTS[step % len(DIT_LAYOUTS)]
+        else:
+            shots = DIT_LAYOUTS[int(torch.randint(len(DIT_LAYOUTS), (1,), generator=gen))]
+        with torch.no_grad():
+            video, ids = shapes.sample_clips(gen, a.dit_batch, shots, a.height, a.width, device,
+                                             drop_caption=0.1)
+            with amp(device):
+                mu, _ = enc(video)
+            x0 = (mu.float() - mean5) / std5
+            ctx = make_ctx(table, ids)
+        B = x0.shape[0]
+        u = torch.sigmoid(torch.randn(B, generator=gen)).to(device)
+        s = a.shift * u / (1 + (a.shift - 1) * u)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        s5 = s[:, None, None, None, None]
+        xt = (1 - s5) * x0 + s5 * noise
+        key = tuple(shots)
+        if key not in layouts:
+            layouts[key] = model.layout(list(shots), x0.shape[3] // 2, x0.shape[4] // 2, False, device)
+        lr = lr_at(a.dit_lr, step, 300, used(a.dit_steps, a.dit_seconds, step, t0) if a.lr_decay == "cosine" else 0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        stats = []
+        with amp(device):
+            pred = model(xt, s * 1000, ctx, list(shots), layout=layouts[key], stats=stats)
+        mse = ((pred.float() - (noise - x0)) ** 2).mean()
+        bal = balance_loss(stats, a.groups)
+        loss = mse + a.balance * bal
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(a.ema, (1 + step) / (10 + step))
+            for k, v in model.state_dict().items():
+                ema[k].mul_(d).add_(v.float(), alpha=1 - d)
+            share = max(float(F.one_hot(gid, a.groups).float().mean(dim=(0, 1)).max()) for _, gid in stats)
+        hist.append([mse.item(), float(bal), share * a.groups])
+        step += 1
+        if step % 100 == 0:
+            m = torch.tensor(hist[-100:]).mean(0).tolist()
+            log(f"dit step {step} ({step / (time.time() - t0):.1f} steps/s): mse {m[0]:.4f} balance {m[1]:.3f} largest group {m[2]:.2f}x fair")
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step,
+             "hist": hist, "seconds": time.time() - t0, "gen": gen.get_state(), "done": done}
+    final = torch.tensor(hist[-200:]).mean(0).tolist() if hist else [float("nan")] * 3
+    info = {"steps": step, "seconds": round(time.time() - t0, 1), "final_mse": final[0],
+            "final_balance_loss": final[1], "final_largest_group_vs_fair": final[2]}
+    return model, cfg, info, state
+
+
+def ema_model(cfg, state, device):
+    model = wt.WanDiT(cfg).to(device)
+    model.load_state_dict({k: v.to(device) for k, v in state["ema"].items()})
+    return model.eval()
+
+
+@torch.no_grad()
+def sample(model, dec, table, caption_ids, shots, a, mean, std, device, steps=25, guidance=5.0,
+           seed=0):
+    """Euler flow-matching sampler with CFG (a check; the engine uses UniPC)."""
+    g = torch.Generator().manual_seed(seed)
+    F_ = sum(shots)
+    x = torch.randn(1, 16, F_, a.height // 8, a.width // 8, generator=g).to(device)
+    sig = torch.linspace(1, 0, steps + 1)
+    sig = a.shift * sig / (1 + (a.shift - 1) * sig)
+    cond = make_ctx(table, torch.tensor([caption_ids]))
+    unc = make_ctx(table, torch.full((1, len(shots)), -1))
+    lay = model.layout(list(shots), x.shape[3] // 2, x.shape[4] // 2, False, device)
+    for i in range(steps):
+        t = torch.full((1,), float(sig[i]) * 1000, device=device)
+        with amp(device):
+            vc = model(x, t, cond, shots, layout=lay).float()
+            vu = model(x, t, unc, shots, layout=lay).float()
+        x = x + float(sig[i + 1] - sig[i]) * (vu + guidance * (vc - vu))
+    z = x * std[None, :, None, None, None] + mean[None, :, None, None, None]
+    return dec(z).float().clamp(-1, 1)[0]
+
+
+def hue_of(rgb):
+    """rgb [3] in [0, 1] -> hue in degrees."""
+    r, g, b = rgb.tolist()
+    mx, mn = max(r, g, b), min(r, g, b)
+    if mx - mn < 1e-6:
+        return float("nan")
+    if mx == r:
+        h = ((g - b) / (mx - mn)) % 6
+    elif mx == g:
+        h = (b - r) / (mx - mn) + 2
+    else:
+        h = (r - g) / (mx - mn) + 4
+    return 60 * h
+
+
+def object_colour(frames):
+    """frames [3, T, H, W] in [-1, 1] -> mean colour of the pixels far from the background."""
+    x = (frames + 1) / 2
+    bg = x.flatten(1).median(dim=1).values
+    dist = (x - bg[:, None, None, None]).abs().sum(0)
+    mask = dist > 0.35
+    if mask.sum() < 10:
+        return None
+    return x[:, mask].mean(1)
+
+
+def export(a, model, cfg, dec, mean, std, prep, caps, info):
+    out = a.out
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    for sub in ("transformer", "vae", "text_encoder", "tokenizer"):
+        os.makedirs(os.path.join(out, sub))
+    meta = {"format": "pt", "producer": "mogagen tools/train/train.py", "seed": a.seed}
+    sd = {k: v.float() for k, v in model.state_dict().items()}
+    matrices = {k for k, v in sd.items() if v.dim() >= 2 and "modulation" not in k}
+    st.save(os.path.join(out, "transformer", "diffusion_pytorch_model.safetensors"), sd, meta, bf16=matrices)
+    json.dump(cfg, open(os.path.join(out, "transformer", "config.json"), "w"), indent=2)
+    st.save(os.path.join(out, "vae", "diffusion_pytorch_model.safetensors"),
+            {k: v.float() for k, v in dec.state_dict().items()}, meta)
+    vcfg = dict(VAE_CFG, latents_mean=[round(float(v), 6) for v in mean],
+                latents_std=[round(float(v), 6) for v in std])
+    json.dump(vcfg, open(os.path.join(out, "vae", "config.json"), "w"), indent=2)
+    shutil.copy(os.path.join(prep, "text_encoder", "config.json"), os.path.join(out, "text_encoder"))
+    shutil.copy(os.path.join(prep, "text_encoder", "model.safetensors"), os.path.join(out, "text_encoder"))
+    shutil.copy(os.path.join(prep, "tokenizer", "spiece.model"), os.path.join(out, "tokenizer"))
+    index = {"_class_name": "WanPipeline",
+             "_mogagen": {"name": "mogagen-shapes", "trained": True,
+                          "defaults": {"size": f"{a.width}x{a.height}", "frames": 49, "steps": 25,
+                                       "shift": a.shift, "guidance": 5.0, "negative_prompt": "",
+                                       "fps": 24}},
+             "transformer": ["diffusers", "WanTransformer3DModel"],
+             "text_encoder": ["transformers", "UMT5EncoderModel"],
+             "tokenizer": ["transformers", "T5TokenizerFast"],
+             "vae": ["diffusers", "AutoencoderKLWan"]}
+    json.dump(index, open(os.path.join(out, "model_index.json"), "w"), indent=2)
+    json.dump(info, open(os.path.join(out, "training.json"), "w"), indent=2)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prep", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--size", default="160x128")
+    ap.add_argument("--vae-seconds", type=float, default=160)
+    ap.add_argument("--vae-steps", type=int, default=0)
+    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--vae-lr", type=float, default=4e-4)
+    ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--dit-seconds", type=float, default=320)
+    ap.add_argument("--dit-steps", type=int, default=0)
+    ap.add_argument("--dit-batch", type=int, default=32)
+    ap.add_argument("--dit-lr", type=float, default=3e-4)
+    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--balance", type=float, default=0.02)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--shift", type=float, default=3.0)
+    ap.add_argument("--samples", default="", help="write check samples (PPM) to this folder")
+    ap.add_argument("--moga-impl", default="mask", choices=["gather", "mask"],
+                    help="MoGA window/frame branches with N x N masks, or per group (faster; "
+                         "exact on the CPU, but crashed on the H200: see docs/training.md)")
+    ap.add_argument("--lr-decay", default="none", choices=["none", "cosine"],
+                    help="learning rate after warm-up: constant, or cosine to 10%% over the budget")
+    ap.add_argument("--check-steps", type=int, default=25, help="sampling steps of the final checks")
+    ap.add_argument("--stages", default="vae,dit,export",
+                    help="which stages run: vae, dit, export (checkpoints beside --out)")
+    ap.add_argument("--resume", action="store_true", help="continue the DiT from its checkpoint")
+    ap.add_argument("--slice-seconds", type=float, default=0,
+                    help="pause the DiT after so many seconds of this call (exit 3; --resume continues)")
+    ap.add_argument("--preflight-only", action="store_true",
+                    help="run one full-size DiT step per shot layout and stop (checks the GPU path)")
+    a = ap.parse_args()
+    a.width, a.height = (int(v) for v in a.size.split("x"))
+    a.dit_preflight = False
+    wt.MOGA_IMPL = a.moga_impl
+    device = torch.device(a.device)
+    torch.manual_seed(a.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    os.makedirs(a.out, exist_ok=True)
+    log = Log(os.path.join(os.path.dirname(os.path.abspath(a.out)), "train.log"))
+    t_start = time.time()
+    gen = torch.Generator().manual_seed(a.seed)
+    table, t5cfg, caps = encode_captions(a.prep, device)
+    log(f"encoded {table.shape[0]} captions on {device}: {tuple(table.shape)}")
+
+    work = os.path.dirname(os.path.abspath(a.out))
+    vae_ckpt, dit_ckpt = os.path.join(work, "vae_stage.pt"), os.path.join(work, "dit_stage.pt")
+    stages = a.stages.split(",")
+
+    if "dit" in stages:
+        # fail fast: one full-size DiT step per shot layout (untrained encoder) before the
+        # long stages
+        pre = argparse.Namespace(**vars(a))
+        pre.dit_steps, pre.dit_preflight = len(DIT_LAYOUTS), True
+        train_dit(pre, log, torch.Generator().manual_seed(0), device, wt.ShapesEncoder(16).to(device),
+                  torch.zeros(16, device=device), torch.ones(16, device=device), table,
+                  t5cfg["d_model"], caps["text_len"])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        log(f"preflight: DiT forward and backward run (MoGA branches: {wt.MOGA_IMPL})")
+    if a.preflight_only:
+        return 0
+
+    if "vae" in stages:
+        enc, dec, vinfo = train_vae(a, log, gen, device)
+        log(f"vae done: {vinfo}")
+        enc.eval()
+        mean, std = latent_stats(enc, a, gen, device)
+        torch.save({"enc": enc.state_dict(), "dec": dec.state_dict(), "mean": mean, "std": std,
+                    "info": vinfo, "gen": gen.get_state()}, vae_ckpt)
+    else:
+        ck = torch.load(vae_ckpt, map_location=device)
+        enc, dec = wt.ShapesEncoder(16).to(device), wt.WanVaeDecoder(VAE_CFG).to(device)
+        enc.load_state_dict(ck["enc"])
+        dec.load_state_dict(ck["dec"])
+        mean, std, vinfo = ck["mean"].to(device), ck["std"].to(device), ck["info"]
+        if "vae" not in stages and not (a.resume and os.path.exists(dit_ckpt)):
+            gen.set_state(ck["gen"])
+    enc.eval()
+    dec.eval()
+    for p in list(enc.parameters()) + list(dec.parameters()):
+        p.requires_grad_(False)
+    log(f"latent mean {[round(float(v), 3) for v in mean]} std {[round(float(v), 3) for v in std]}")
+
+    cfg = dit_config(t5cfg["d_model"], caps["text_len"], a.groups)
+    if "dit" in stages:
+        resume = torch.load(dit_ckpt, map_location=device) if a.resume and os.path.exists(dit_ckpt) else None
+        if resume and resume["done"]:
+            log("dit: the checkpoint has used its whole budget; nothing to train")
+            state, dinfo = resume, resume["info"]
+        else:
+            _, cfg, dinfo, state = train_dit(a, log, gen, device, enc, mean, std, table, t5cfg["d_model"],
+                                             caps["text_len"], resume, a.slice_seconds)
+            state["info"] = dinfo
+            torch.save(state, dit_ckpt)
+        log(f"dit {'done' if state['done'] else 'paused (rerun with --resume)'}: {dinfo}")
+        if not state["done"]:
+            return 3
+    if "export" not in stages:
+        return 0
+    state = torch.load(dit_ckpt, map_location=device)
+    if not state["done"]:
+        log("export: the DiT has not used its budget yet; rerun --stages dit --resume first")
+        return 3
+    dinfo = state["info"]
+    model = ema_model(cfg, state, device)
+
+    checks = []
+    tests = [("a red circle moves right on a black background", [13]),
+             ("a blue square moves left on a white background", [13]),
+             ("a green triangle grows on a gray background", [13]),
+             ("a yellow circle moves down on a blue background", [13])]
+    multi = (["a big red square moves right on a black background",
+              "a small green circle moves up on a white background",
+              "a blue triangle turns on a gray background"], [5, 4, 4])
+    index = {c: i for i, c in enumerate(caps["captions"])}
+    for k, (text, shots) in enumerate(tests + [(None, None)]):
+        if text is None:
+            texts, shots = multi
+        else:
+            texts = [text]
+        video = sample(model, dec, table, [index[t] for t in texts], shots, a, mean, std, device,
+                       steps=a.check_steps, seed=k)
+        vf = shapes.shot_video_frames(shots)
+        start = 0
+        for t, n in zip(texts, vf):
+            col = object_colour(video[:, start:start + n].cpu())
+            want = shapes.COLOURS[t.split()[1] if t.split()[1] not in ("big", "small") else t.split()[2]]
+            hue = hue_of(col) if col is not None else float("nan")
+            checks.append({"caption": t, "object_rgb": None if col is None else [round(float(v), 3) for v in col],
+                           "hue": round(hue, 1), "want_hue": round(hue_of(torch.tensor(want)), 1)})
+            log(f"check: {checks[-1]}")
+            start += n
+        if a.samples:
+            os.makedirs(a.samples, exist_ok=True)
+            T = video.shape[1]
+            picks = [0, T // 4, T // 2, 3 * T // 4, T - 1]
+            sheet = torch.cat([video[:, i] for i in picks], dim=2).cpu()
+            shapes.write_ppm(os.path.join(a.samples, f"sample{k}.ppm"), sheet)
+
+    info = {"command": " ".join(sys.argv), "seed": a.seed, "device": torch.cuda.get_device_name(0)
+            if device.type == "cuda" else "cpu", "torch": torch.__version__, "size": [a.width, a.height],
+            "vae": vinfo, "dit": dinfo, "total_seconds": round(time.time() - t_start, 1),
+            "checks": checks, "dit_config": cfg, "vae_config": VAE_CFG}
+    export(a, model, cfg, dec, mean, std, a.prep, caps, info)
+    log(f"exported to {a.out} in {info['total_seconds']} s total")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
