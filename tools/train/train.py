@@ -363,8 +363,8 @@ def main():
     ap.add_argument("--shift", type=float, default=3.0)
     ap.add_argument("--samples", default="", help="write check samples (PPM) to this folder")
     ap.add_argument("--moga-impl", default="mask", choices=["gather", "mask"],
-                    help="MoGA window/frame branches with N x N masks, or per group (faster; "
-                         "exact on the CPU, but crashed on the H200: see docs/training.md)")
+                    help="MoGA window/frame branches with N x N masks, or per window group and "
+                         "frame (same values, see docs/training.md)")
     ap.add_argument("--lr-decay", default="none", choices=["none", "cosine"],
                     help="learning rate after warm-up: constant, or cosine to 10%% over the budget")
     ap.add_argument("--check-steps", type=int, default=25, help="sampling steps of the final checks")
@@ -385,6 +385,11 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+        # PyTorch's cuDNN SDPA backend failed in backward for some shot layouts (per-shot
+        # cross-attention slices): "mha_graph.execute(...) is_good()" or an illegal memory
+        # access. Flash / memory-efficient attention take those calls instead.
+        if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+            torch.backends.cuda.enable_cudnn_sdp(False)
     os.makedirs(a.out, exist_ok=True)
     log = Log(os.path.join(os.path.dirname(os.path.abspath(a.out)), "train.log"))
     t_start = time.time()
