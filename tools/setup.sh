@@ -8,15 +8,17 @@ tools/install-deps.sh
 tools/build.sh -DMOGAGEN_TESTS=OFF "$@"
 mkdir -p out
 MODEL_ARGS=()
+SHOTS=configs/shapes-shots.json
 if [ ! -f models/default/model_index.json ]; then
-  # No trained default model in this checkout: render with a random-weight tiny model so the
-  # whole pipeline still runs end to end (the video is noise-like, not a picture).
+  # No trained default model in this checkout yet (docs/training.md): render with a
+  # random-weight tiny model so the whole pipeline still runs end to end (the video is
+  # noise-like, not a picture).
   if [ ! -f out/tiny-model/model_index.json ]; then
     rm -rf out/tiny-model
     build/mogagen make-random-model --config configs/tiny-t2v.json --seed 1 -o out/tiny-model
   fi
   MODEL_ARGS=(--model out/tiny-model --size 160x96 --steps 10)
+  SHOTS=configs/example-shots.json
 fi
-build/mogagen --shots configs/example-shots.json "${MODEL_ARGS[@]}" \
-  -o out/example.mp4 --preview out/example.png
+build/mogagen --shots "$SHOTS" "${MODEL_ARGS[@]}" -o out/example.mp4 --preview out/example.png
 echo "setup: rendered out/example.mp4 (contact sheet: out/example.png)"
