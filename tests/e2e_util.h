@@ -53,6 +53,25 @@ inline std::string q(const std::string& s) { return "'" + s + "'"; }
 
 inline std::string tmpdir(const std::string& tag) { return testutil::make_tmpdir(tag); }
 
+// A random-weight model folder written by `mogagen make-random-model` for a test suite.
+struct TinyModel {
+  std::string dir;    // the suite's temporary folder
+  std::string model;  // dir + "/tiny"
+  std::string log;    // the command's output
+  bool ok = false;
+  bool lacks_sentencepiece() const { return log.find("SentencePiece") != std::string::npos; }
+};
+inline TinyModel make_tiny_model(const std::string& tag, const std::string& config, int seed) {
+  TinyModel t;
+  t.dir = tmpdir(tag);
+  t.model = t.dir + "/tiny";
+  auto r = sh(bin() + " make-random-model --config " + q(src() + "/configs/" + config) +
+              " --seed " + std::to_string(seed) + " -o " + q(t.model));
+  t.ok = r.code == 0;
+  t.log = r.out;
+  return t;
+}
+
 inline void write_file(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
 }

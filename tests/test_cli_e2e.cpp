@@ -19,22 +19,17 @@ namespace {
 class CliE2E : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = tmpdir("e2e");
-    model_ = dir_ + "/tiny";
-    auto r = sh(bin() + " make-random-model --config " + q(src() + "/configs/tiny-t2v.json") +
-                " --seed 3 -o " + q(model_));
-    make_ok_ = r.code == 0;
-    make_out_ = r.out;
+    tiny_ = make_tiny_model("e2e", "tiny-t2v.json", 3);
+    dir_ = tiny_.dir;
+    model_ = tiny_.model;
   }
   void SetUp() override {
 #ifndef MOGAGEN_HAVE_FFMPEG
     GTEST_SKIP() << "built without FFmpeg: no MP4 output to test";
 #endif
-    if (!make_ok_) {
-      if (make_out_.find("without SentencePiece") != std::string::npos ||
-          make_out_.find("needs SentencePiece") != std::string::npos)
-        GTEST_SKIP() << "built without SentencePiece";
-      FAIL() << "make-random-model failed: " << make_out_;
+    if (!tiny_.ok) {
+      if (tiny_.lacks_sentencepiece()) GTEST_SKIP() << "built without SentencePiece";
+      FAIL() << "make-random-model failed: " << tiny_.log;
     }
   }
   static std::string base() {
@@ -44,11 +39,11 @@ class CliE2E : public ::testing::Test {
     auto r = sh("ffprobe -v error -count_frames -show_streams -show_format -show_chapters -of json " + q(file));
     return r.code == 0 ? nlohmann::json::parse(r.out, nullptr, false) : nlohmann::json();
   }
-  static std::string dir_, model_, make_out_;
-  static bool make_ok_;
+  static TinyModel tiny_;
+  static std::string dir_, model_;
 };
-std::string CliE2E::dir_, CliE2E::model_, CliE2E::make_out_;
-bool CliE2E::make_ok_ = false;
+TinyModel CliE2E::tiny_;
+std::string CliE2E::dir_, CliE2E::model_;
 
 }  // namespace
 

@@ -17,13 +17,10 @@ namespace {
 class ModelDefaults : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = tmpdir("defaults");
-    model_ = dir_ + "/tiny";
-    auto r = sh(bin() + " make-random-model --config " + q(src() + "/configs/tiny-t2v.json") +
-                " --seed 4 -o " + q(model_));
-    make_ok_ = r.code == 0;
-    make_out_ = r.out;
-    if (!make_ok_) return;
+    tiny_ = make_tiny_model("defaults", "tiny-t2v.json", 4);
+    dir_ = tiny_.dir;
+    model_ = tiny_.model;
+    if (!tiny_.ok) return;
     std::ifstream in(model_ + "/model_index.json");
     nlohmann::json idx = nlohmann::json::parse(in);
     idx["_mogagen"]["defaults"] = {{"size", "64x48"}, {"frames", 9},     {"steps", 2},
@@ -31,10 +28,9 @@ class ModelDefaults : public ::testing::Test {
     write_file(model_ + "/model_index.json", idx.dump(2));
   }
   void SetUp() override {
-    if (!make_ok_) {
-      if (make_out_.find("SentencePiece") != std::string::npos)
-        GTEST_SKIP() << "built without SentencePiece";
-      FAIL() << "make-random-model failed: " << make_out_;
+    if (!tiny_.ok) {
+      if (tiny_.lacks_sentencepiece()) GTEST_SKIP() << "built without SentencePiece";
+      FAIL() << "make-random-model failed: " << tiny_.log;
     }
   }
   // Renders and returns the number of 8-bit RGB bytes written by --dump-rgb (or -1).
@@ -47,11 +43,11 @@ class ModelDefaults : public ::testing::Test {
     std::error_code ec;
     return r.code == 0 && fs::exists(raw, ec) ? int64_t(fs::file_size(raw)) : -1;
   }
-  static std::string dir_, model_, make_out_;
-  static bool make_ok_;
+  static TinyModel tiny_;
+  static std::string dir_, model_;
 };
-std::string ModelDefaults::dir_, ModelDefaults::model_, ModelDefaults::make_out_;
-bool ModelDefaults::make_ok_ = false;
+TinyModel ModelDefaults::tiny_;
+std::string ModelDefaults::dir_, ModelDefaults::model_;
 
 }  // namespace
 
