@@ -158,12 +158,14 @@ def latent_stats(enc, a, gen, device):
 
 
 def balance_loss(stats, groups):
-    """Switch-style load balancing: M * sum_g f_g * P_g per MoGA layer, averaged."""
+    """Switch-style load balancing, M * sum_g f_g * P_g, per video and per MoGA layer, then
+    averaged: the engine routes one video at a time, so each video must be balanced (a
+    batch-wide average let single videos route 3.9x a group's fair share at inference)."""
     out = 0.0
     for p, gid in stats:
-        f = F.one_hot(gid, groups).float().mean(dim=(0, 1))
-        P = p.mean(dim=(0, 1))
-        out = out + groups * (f.detach() * P).sum()
+        f = F.one_hot(gid, groups).float().mean(dim=1)  # [B, M]
+        P = p.mean(dim=1)
+        out = out + groups * (f.detach() * P).sum(dim=1).mean()
     return out / max(len(stats), 1)
 
 
@@ -241,12 +243,13 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
             d = min(a.ema, (1 + step) / (10 + step))
             for k, v in model.state_dict().items():
                 ema[k].mul_(d).add_(v.float(), alpha=1 - d)
-            share = max(float(F.one_hot(gid, a.groups).float().mean(dim=(0, 1)).max()) for _, gid in stats)
+            share = max(float(F.one_hot(gid, a.groups).float().mean(dim=1).max()) for _, gid in stats)
         hist.append([mse.item(), float(bal), share * a.groups])
         step += 1
         if step % 100 == 0:
             m = torch.tensor(hist[-100:]).mean(0).tolist()
-            log(f"dit step {step} ({step / (time.time() - t0):.1f} steps/s): mse {m[0]:.4f} balance {m[1]:.3f} largest group {m[2]:.2f}x fair")
+            log(f"dit step {step} ({step / (time.time() - t0):.1f} steps/s): mse {m[0]:.4f} "
+                f"balance {m[1]:.3f} largest group of one video {m[2]:.2f}x fair")
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step,
              "hist": hist, "seconds": time.time() - t0, "gen": gen.get_state(), "done": done}
     final = torch.tensor(hist[-200:]).mean(0).tolist() if hist else [float("nan")] * 3
@@ -365,6 +368,8 @@ def main():
     ap.add_argument("--moga-impl", default="mask", choices=["gather", "mask"],
                     help="MoGA window/frame branches with N x N masks, or per window group and "
                          "frame (same values, see docs/training.md)")
+    ap.add_argument("--masked-kernel", default="manual", choices=["manual", "fused"],
+                    help="masked attention: float32 scores (tested) or PyTorch SDPA with the mask")
     ap.add_argument("--lr-decay", default="none", choices=["none", "cosine"],
                     help="learning rate after warm-up: constant, or cosine to 10%% over the budget")
     ap.add_argument("--check-steps", type=int, default=25, help="sampling steps of the final checks")
@@ -379,6 +384,7 @@ def main():
     a.width, a.height = (int(v) for v in a.size.split("x"))
     a.dit_preflight = False
     wt.MOGA_IMPL = a.moga_impl
+    wt.MASKED_KERNEL = a.masked_kernel
     device = torch.device(a.device)
     torch.manual_seed(a.seed)
     if device.type == "cuda":
@@ -411,7 +417,8 @@ def main():
                   t5cfg["d_model"], caps["text_len"])
         if device.type == "cuda":
             torch.cuda.synchronize()
-        log(f"preflight: DiT forward and backward run (MoGA branches: {wt.MOGA_IMPL})")
+        log(f"preflight: DiT forward and backward run (MoGA branches: {wt.MOGA_IMPL}, "
+            f"masked attention: {wt.MASKED_KERNEL})")
     if a.preflight_only:
         return 0
 

@@ -23,13 +23,20 @@ import torch.nn.functional as F
 MOGA_IMPL = "gather"
 
 
-def attention(q, k, v, mask=None, fused=True):
-    """q, k, v [..., N, D]; mask broadcastable to [..., Nq, Nk], True = attend.
+# Masked attention in training: "manual" (float32 N x N scores and softmax; the path of
+# the first trained model) or "fused" (PyTorch's SDPA with the boolean mask). The first GPU
+# runs with "fused" failed in backward, but that failure was traced to PyTorch's cuDNN SDPA
+# backend, which train.py now turns off (docs/training.md): try "fused" with --preflight-only.
+MASKED_KERNEL = "manual"
 
-    Masked calls take the plain softmax path (float32 scores and softmax): PyTorch's fused kernels with a broadcast boolean mask failed
-    in backward on the GPU (illegal memory access)."""
-    if fused and mask is None and hasattr(F, "scaled_dot_product_attention"):
-        return F.scaled_dot_product_attention(q, k, v)
+
+def attention(q, k, v, mask=None, fused=True):
+    """q, k, v [..., N, D]; mask broadcastable to [..., Nq, Nk], True = attend."""
+    have_sdpa = hasattr(F, "scaled_dot_product_attention")
+    if fused and have_sdpa and (mask is None or MASKED_KERNEL == "fused"):
+        if mask is not None and q.dim() == 4:
+            mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     s = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
