@@ -134,15 +134,15 @@ def train_vae(a, log, gen, device):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        hist.append([l1.item(), l2.item(), kl.item()])
+        hist.append(torch.stack([l1.detach(), l2.detach(), kl.detach()]))  # no per-step sync
         step += 1
         if step % 100 == 0:
-            m = torch.tensor(hist[-100:]).mean(0).tolist()
+            m = torch.stack(hist[-100:]).mean(0).tolist()
             log(f"vae step {step}: l1 {m[0]:.4f} mse {m[1]:.5f} kl {m[2]:.3f}")
-    final = torch.tensor(hist[-100:]).mean(0).tolist()
+    final = torch.stack(hist[-100:]).mean(0).tolist()
     return enc, dec, {"steps": step, "seconds": round(time.time() - t0, 1),
-                                 "final_l1": final[0], "final_mse": final[1], "final_kl": final[2],
-                                 "psnr_db": -10 * math.log10(final[1] / 4.0)}
+                      "final_l1": final[0], "final_mse": final[1], "final_kl": final[2],
+                      "psnr_db": -10 * math.log10(final[1] / 4.0)}
 
 
 @torch.no_grad()
@@ -183,6 +183,9 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
             blk.self_attn.router.bias.zero_()
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=a.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    # noise and timesteps are drawn on the device (a CPU draw of the noise, copied over,
+    # cost as much as the step); losses stay on the device until a log line needs them
+    dgen = torch.Generator(device=device).manual_seed(a.seed * 1000 + 17)
     step, hist, before = 0, [], 0.0
     if resume:
         model.load_state_dict(resume["model"])
@@ -190,6 +193,7 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
         ema = {k: v.to(device) for k, v in resume["ema"].items()}
         step, hist, before = resume["step"], resume["hist"], resume["seconds"]
         gen.set_state(resume["gen"])
+        dgen.set_state(resume["dgen"])
         log(f"dit: resumed at step {step} after {before:.0f} s")
     layouts = {}
     t0 = time.time() - before  # so that time.time() - t0 counts every call's training time
@@ -218,9 +222,9 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
             x0 = (mu.float() - mean5) / std5
             ctx = make_ctx(table, ids)
         B = x0.shape[0]
-        u = torch.sigmoid(torch.randn(B, generator=gen)).to(device)
+        u = torch.sigmoid(torch.randn(B, generator=dgen, device=device))
         s = a.shift * u / (1 + (a.shift - 1) * u)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=dgen, device=device)
         s5 = s[:, None, None, None, None]
         xt = (1 - s5) * x0 + s5 * noise
         key = tuple(shots)
@@ -243,15 +247,19 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
             d = min(a.ema, (1 + step) / (10 + step))
             for k, v in model.state_dict().items():
                 ema[k].mul_(d).add_(v.float(), alpha=1 - d)
-            share = max(float(F.one_hot(gid, a.groups).float().mean(dim=1).max()) for _, gid in stats)
-        hist.append([mse.item(), float(bal), share * a.groups])
+            share = torch.stack([F.one_hot(gid, a.groups).float().mean(dim=1).max() for _, gid in stats])
+            hist.append(torch.stack([mse.detach(), torch.as_tensor(bal, device=device).detach().float(),
+                                     share.max() * a.groups]))
         step += 1
         if step % 100 == 0:
+            hist = hist[:-100] + [h.tolist() if torch.is_tensor(h) else h for h in hist[-100:]]
             m = torch.tensor(hist[-100:]).mean(0).tolist()
             log(f"dit step {step} ({step / (time.time() - t0):.1f} steps/s): mse {m[0]:.4f} "
                 f"balance {m[1]:.3f} largest group of one video {m[2]:.2f}x fair")
+    hist = [h.tolist() if torch.is_tensor(h) else h for h in hist]
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step,
-             "hist": hist, "seconds": time.time() - t0, "gen": gen.get_state(), "done": done}
+             "hist": hist, "seconds": time.time() - t0, "gen": gen.get_state(),
+             "dgen": dgen.get_state(), "done": done}
     final = torch.tensor(hist[-200:]).mean(0).tolist() if hist else [float("nan")] * 3
     info = {"steps": step, "seconds": round(time.time() - t0, 1), "final_mse": final[0],
             "final_balance_loss": final[1], "final_largest_group_vs_fair": final[2]}
