@@ -90,7 +90,8 @@ int run(int argc, char** argv) {
   o["batch"] = app.add_option("--batch", f.batch, "JSON Lines batch file (docs/batch.md)");
   o["config"] = app.add_option("--config", f.config, "JSON file with defaults for every flag");
   o["model"] = app.add_option("--model", f.model,
-                              "model folder (diffusers layout) or DiT file; default: models/default");
+                              "model folder (diffusers layout) or DiT file; default: "
+                              "models/default");
   o["dit"] = app.add_option("--dit", f.dit, "DiT weights (file, index.json or folder)");
   o["t5"] = app.add_option("--t5", f.t5, "umT5 encoder weights");
   o["vae"] = app.add_option("--vae", f.vae, "VAE weights");
