@@ -350,6 +350,58 @@ def export(a, model, cfg, dec, mean, std, prep, caps, info):
              "vae": ["diffusers", "AutoencoderKLWan"]}
     json.dump(index, open(os.path.join(out, "model_index.json"), "w"), indent=2)
     json.dump(info, open(os.path.join(out, "training.json"), "w"), indent=2)
+    with open(os.path.join(out, "MODEL_CARD.md"), "w") as f:
+        f.write(model_card(a, info))
+
+
+def model_card(a, info):
+    """The model card: data, architecture, training command, time and final losses, and
+    the export's own colour checks. What the engine's renders show is added by the
+    semantic tests (tests/test_default_model.cpp) before the model is committed."""
+    v, d = info["vae"], info["dit"]
+    cmds = [v.get("command")] + d.get("commands", []) + [info["command"]]
+    commands = "\n".join(f"- `{c}`" for c in dict.fromkeys(c for c in cmds if c))
+    checks = "\n".join(
+        f"| {c['caption']} | {c['hue']} | {c['want_hue']} |" for c in info.get("checks", []))
+    return f"""# mogagen-shapes: the small default text-to-video model
+
+Trained by `tools/train/` (docs/training.md) on procedural videos, so that
+`mogagen --prompt` draws something real on any machine. It is not a general model.
+
+## What it was trained on
+Circles, squares and triangles in eight colours (red, orange, yellow, green, cyan, blue,
+purple, white) that move left, right, up or down, turn, grow or shrink over six plain
+backgrounds (black, white, gray, blue, green, red). Captions follow one grammar:
+`a [small|big] <colour> <shape> <motion> on a <background> background` (2,640 captions).
+Clips are {a.width}x{a.height}, 33 or 49 frames at 24 fps, with one to three shots cut
+together. Anything outside the grammar (other objects, words, scenes, textures, people) is
+beyond it: unknown words reach the text encoder as unknown pieces.
+
+## Architecture (`configs/shapes-t2v.json`)
+- Wan2.1 DiT: dim {info['dit_config']['dim']}, {info['dit_config']['num_layers']} layers, \
+{info['dit_config']['num_heads']} heads, MoGA with M = {info['dit_config']['attention']['groups']} router groups \
+(windows 2x2, temporal group 4, kv extend 2), one caption per shot.
+- umT5 encoder: width 64, 2 layers, random and frozen. SentencePiece BPE tokenizer with
+  128 pieces over the grammar, case-folding.
+- Wan2.1 VAE decoder: base width 16, z 16. Latent mean and std are in `vae/config.json`.
+- Sampling defaults in `model_index.json`: 25 UniPC steps, shift {a.shift}, guidance 5,
+  empty negative prompt, {a.width}x{a.height}, 49 frames.
+
+## Training
+Seed {info['seed']}, torch {info['torch']}. Training time: {v['seconds'] + d['seconds']:.0f} s on \
+{info['device']} (VAE {v['seconds']} s, DiT {d['seconds']} s over all calls). Commands, in order:
+{commands}
+
+| stage | steps | seconds | final losses |
+|---|---|---|---|
+| VAE | {v['steps']} | {v['seconds']} | L1 {v['final_l1']:.4f}, MSE {v['final_mse']:.5f} ({v['psnr_db']:.1f} dB), KL {v['final_kl']:.3f} |
+| DiT | {d['steps']} | {d['seconds']} | flow MSE {d['final_mse']:.4f}, balance {d['final_balance_loss']:.3f}, largest group {d['final_largest_group_vs_fair']:.2f}x fair |
+
+## Colour checks at export (PyTorch, Euler, {a.check_steps} steps)
+| caption | object hue | named hue |
+|---|---|---|
+{checks}
+"""
 
 
 def main():
@@ -432,6 +484,7 @@ def main():
 
     if "vae" in stages:
         enc, dec, vinfo = train_vae(a, log, gen, device)
+        vinfo["command"] = " ".join(sys.argv)
         log(f"vae done: {vinfo}")
         enc.eval()
         mean, std = latent_stats(enc, a, gen, device)
@@ -460,6 +513,8 @@ def main():
         else:
             _, cfg, dinfo, state = train_dit(a, log, gen, device, enc, mean, std, table, t5cfg["d_model"],
                                              caps["text_len"], resume, a.slice_seconds)
+            earlier = resume["info"].get("commands", []) if resume else []
+            dinfo["commands"] = earlier + [" ".join(sys.argv)]
             state["info"] = dinfo
             torch.save(state, dit_ckpt)
         log(f"dit {'done' if state['done'] else 'paused (rerun with --resume)'}: {dinfo}")
