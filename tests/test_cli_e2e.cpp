@@ -167,7 +167,7 @@ TEST_F(CliE2E, InterruptedRunLeavesNoFinishedLookingFile) {
   fs::create_directories(d);
   const std::string out = d + "/long.mp4";
   // Many steps so the run is still sampling when the signal arrives.
-  const std::string cmd = base() + "--prompt 'a long render' --steps 400 --frames 17 -o " + q(out);
+  const std::string cmd = base() + "--prompt 'a long render' --steps 1000 --frames 81 -o " + q(out);
   pid_t pid = fork();
   if (pid == 0) {
     execl("/bin/sh", "sh", "-c", ("exec " + cmd + " >/dev/null 2>&1").c_str(), (char*)nullptr);
