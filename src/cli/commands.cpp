@@ -208,16 +208,13 @@ int run(int argc, char** argv) {
   };
   JobSpec job;
   build(job);
-  if (const std::string idx = model_defaults_file(job); !idx.empty()) {
+  if (const auto defaults = model_defaults(job)) {
     JobSpec with_model;
-    apply_settings(with_model, parse_json_file(idx), "/_mogagen/defaults", false);
+    apply_settings(with_model, *defaults, "/_mogagen/defaults", false);
     build(with_model);
     // A shot list gives every shot its length: a frame count from the model's defaults
     // does not apply to it (one set by the user still draws finalize()'s note).
-    const bool multi = with_model.shots.size() > 1 ||
-                       (!with_model.shots.empty() &&
-                        (with_model.shots[0].frames || with_model.shots[0].duration));
-    if (multi && !job.frames && !job.duration) {
+    if (with_model.is_shot_list() && !job.frames && !job.duration) {
       with_model.frames.reset();
       with_model.duration.reset();
     }

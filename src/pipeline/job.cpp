@@ -224,6 +224,10 @@ std::vector<int> JobSpec::shot_latent_frames() const {
   return r;
 }
 
+bool JobSpec::is_shot_list() const {
+  return shots.size() > 1 || (!shots.empty() && (shots[0].frames || shots[0].duration));
+}
+
 void finalize(JobSpec& job) {
   job.notes.clear();
   if (job.shots.empty())
@@ -264,8 +268,7 @@ void finalize(JobSpec& job) {
     }
     return std::nullopt;
   };
-  const bool multi = job.shots.size() > 1 || job.shots[0].frames || job.shots[0].duration;
-  if (!multi) {
+  if (!job.is_shot_list()) {
     auto n = frames_of(job.frames, job.duration, "--frames/--duration");
     double want = n ? *n : 81.0;
     if (job.frames && (*job.frames - 1) % 4 != 0)

@@ -55,6 +55,9 @@ struct JobSpec {
   int video_frames = 0;
   std::vector<std::string> notes;  // roundings and other adjustments, shown to the user
   std::vector<int> shot_latent_frames() const;
+  // A shot list: several shots, or one shot with its own length. Its shots set the video's
+  // length; the job's frames/duration do not apply.
+  bool is_shot_list() const;
 };
 
 // Applies the settings object `doc` at JSON pointer `at` (e.g. "" or "/0") onto `job`.

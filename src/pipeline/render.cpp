@@ -61,20 +61,21 @@ std::string default_model_dir() {
   return "";
 }
 
-std::string model_defaults_file(const JobSpec& job) {
+std::optional<JsonDoc> model_defaults(const JobSpec& job) {
   std::string root = job.model;
   if (root.empty() &&
       (job.dit.empty() || job.t5.empty() || job.vae.empty() || job.tokenizer.empty()))
     root = default_model_dir();
-  if (root.empty()) return "";
+  if (root.empty()) return std::nullopt;
   std::error_code ec;
   const fs::path idx = fs::path(root) / "model_index.json";
-  if (!fs::is_regular_file(idx, ec)) return "";
-  const nlohmann::json j = read_json(idx.string());
+  if (!fs::is_regular_file(idx, ec)) return std::nullopt;
+  JsonDoc doc = parse_json_file(idx.string());
+  const nlohmann::json& j = doc.value;
   if (!j.is_object() || !j.contains("_mogagen") || !j["_mogagen"].is_object() ||
       !j["_mogagen"].contains("defaults"))
-    return "";
-  return idx.string();
+    return std::nullopt;
+  return doc;
 }
 
 ModelPaths resolve_model_paths(const JobSpec& job) {

@@ -2,6 +2,7 @@
 // while the model and device stay the same.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "pipeline/job.h"
@@ -23,9 +24,9 @@ ModelPaths resolve_model_paths(const JobSpec& job);
 // The default model folder (models/ next to the binary's install or source tree), or "".
 std::string default_model_dir();
 // The model_index.json of the model folder the job will use (its --model, else the default
-// model when a component is not given by its own flag) when that file carries sampling
-// defaults ("_mogagen": {"defaults": {settings}}); "" otherwise.
-std::string model_defaults_file(const JobSpec& job);
+// model when a component is not given by its own flag), parsed, when that file carries
+// sampling defaults ("_mogagen": {"defaults": {settings}}); nullopt otherwise.
+std::optional<JsonDoc> model_defaults(const JobSpec& job);
 
 struct RenderResult {
   std::string output;
