@@ -27,12 +27,7 @@ import shapes  # noqa: E402
 import st  # noqa: E402
 import wan_torch as wt  # noqa: E402
 
-T5_CONFIG = {
-    "model_type": "umt5", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4,
-    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-    "layer_norm_epsilon": 1e-06, "dense_act_fn": "gelu_new", "is_gated_act": True,
-    "feed_forward_proj": "gated-gelu", "pad_token_id": 0, "eos_token_id": 1,
-}
+T5_CONFIG = wt.load_arch()["t5"]  # configs/shapes-t2v.json; vocab_size comes from the tokenizer
 
 
 def train_tokenizer(out_dir, seed, vocab):
@@ -72,7 +67,7 @@ def random_t5(cfg, seed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--vocab", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=wt.load_arch()["tokenizer"]["vocab_size"])
     ap.add_argument("--text-len", type=int, default=32)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()

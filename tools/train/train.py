@@ -37,16 +37,17 @@ import shapes  # noqa: E402
 import st  # noqa: E402
 import wan_torch as wt  # noqa: E402
 
-VAE_CFG = {"base_dim": 16, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
-           "attn_scales": [], "temperal_downsample": [False, True, True]}
+ARCH = wt.load_arch()  # configs/shapes-t2v.json
+VAE_CFG = ARCH["vae"]
 
 
 def dit_config(text_dim, text_len, groups):
-    return {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": text_len, "in_dim": 16,
-            "dim": 256, "ffn_dim": 768, "freq_dim": 256, "text_dim": text_dim, "out_dim": 16,
-            "num_heads": 4, "num_layers": 6, "eps": 1e-06,
-            "attention": {"type": "moga", "groups": groups, "windows": [2, 2], "temporal_group": 4,
-                          "kv_extend": 2}}
+    """The DiT section of the architecture, with the text encoder's width, the caption
+    length and the router group count of this run."""
+    cfg = json.loads(json.dumps(ARCH["dit"]))
+    cfg.update(text_dim=text_dim, text_len=text_len)
+    cfg["attention"]["groups"] = groups
+    return cfg
 
 
 # shot layouts (latent frames per shot) the DiT sees; 13 latent frames = 49 video frames
@@ -420,7 +421,7 @@ def main():
     ap.add_argument("--dit-steps", type=int, default=0)
     ap.add_argument("--dit-batch", type=int, default=32)
     ap.add_argument("--dit-lr", type=float, default=3e-4)
-    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--groups", type=int, default=ARCH["dit"]["attention"]["groups"])
     ap.add_argument("--balance", type=float, default=0.02)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--shift", type=float, default=3.0)

@@ -11,7 +11,9 @@ against the golden reference outputs before any training relies on them.
 - ShapesEncoder: a small non-causal encoder used only in training (the engine decodes).
 - UMT5Encoder: the umT5 encoder with Hugging Face names.
 """
+import json
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -78,6 +80,16 @@ def window_attention(q, k, v, index):
 
 def gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
+
+
+def load_arch(path=None):
+    """The default model's architecture: configs/shapes-t2v.json (sections dit, t5, vae,
+    tokenizer), the one place its sizes are written."""
+    if path is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs",
+                            "shapes-t2v.json")
+    with open(path) as f:
+        return json.load(f)
 
 
 # ---------------------------------------------------------------------------------------
@@ -483,16 +495,6 @@ def t5_bucket(rel, num_buckets, max_distance):
     return out + torch.where(n < max_exact, n, large)
 
 
-class T5Norm(nn.Module):
-    def __init__(self, dim, eps):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
 class UMT5Encoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -506,12 +508,12 @@ class UMT5Encoder(nn.Module):
             m.q, m.k, m.v = (nn.Linear(d, inner, bias=False) for _ in range(3))
             m.o = nn.Linear(inner, d, bias=False)
             m.rel = nn.Embedding(cfg["relative_attention_num_buckets"], cfg["num_heads"])
-            m.ln0, m.ln1 = T5Norm(d, eps), T5Norm(d, eps)
+            m.ln0, m.ln1 = RMSNorm(d, eps), RMSNorm(d, eps)
             m.wi_0 = nn.Linear(d, cfg["d_ff"], bias=False)
             m.wi_1 = nn.Linear(d, cfg["d_ff"], bias=False)
             m.wo = nn.Linear(cfg["d_ff"], d, bias=False)
             self.layers.append(m)
-        self.final = T5Norm(d, eps)
+        self.final = RMSNorm(d, eps)
 
     def hf_state_dict(self):
         sd = {"shared.weight": self.shared.weight, "encoder.embed_tokens.weight": self.shared.weight,
