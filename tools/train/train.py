@@ -196,6 +196,8 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
         gen.set_state(resume["gen"])
         dgen.set_state(resume["dgen"])
         log(f"dit: resumed at step {step} after {before:.0f} s")
+    ema_keys = list(ema)
+    ema_list = [ema[k] for k in ema_keys]
     layouts = {}
     t0 = time.time() - before  # so that time.time() - t0 counts every call's training time
     t_call = time.time()
@@ -246,8 +248,9 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
         opt.step()
         with torch.no_grad():
             d = min(a.ema, (1 + step) / (10 + step))
-            for k, v in model.state_dict().items():
-                ema[k].mul_(d).add_(v.float(), alpha=1 - d)
+            cur = model.state_dict()
+            torch._foreach_mul_(ema_list, d)
+            torch._foreach_add_(ema_list, [cur[k].float() for k in ema_keys], alpha=1 - d)
             share = torch.stack([F.one_hot(gid, a.groups).float().mean(dim=1).max() for _, gid in stats])
             hist.append(torch.stack([mse.detach(), torch.as_tensor(bal, device=device).detach().float(),
                                      share.max() * a.groups]))
@@ -265,6 +268,78 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
     info = {"steps": step, "seconds": round(time.time() - t0, 1), "final_mse": final[0],
             "final_balance_loss": final[1], "final_largest_group_vs_fair": final[2]}
     return model, cfg, info, state
+
+
+def choose_attention(a, log, device, table, text_dim, text_len):
+    """--moga-impl / --masked-kernel auto: time one DiT training step (forward, backward)
+    of each way of running the MoGA branches on a three-shot batch of the training size,
+    check that its prediction and gradients match the tested reference (N x N masks,
+    float32 scores) and pick the fastest that does. Returns (impl, kernel)."""
+    impls = ["mask", "gather"] if a.moga_impl == "auto" else [a.moga_impl]
+    kernels = ["manual", "fused"] if a.masked_kernel == "auto" else [a.masked_kernel]
+    combos = [("mask", "manual")] + [(i, k) for i in impls for k in kernels if (i, k) != ("mask", "manual")]
+    torch.manual_seed(a.seed)
+    model = wt.WanDiT(dit_config(text_dim, text_len, a.groups)).to(device)
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.self_attn.router.weight.normal_(0, 0.5)  # spread tokens over the groups
+    gen = torch.Generator().manual_seed(a.seed)
+    shots = [5, 4, 4]
+    B = a.dit_batch
+    x = torch.randn(B, 16, sum(shots), a.height // 8, a.width // 8, generator=gen).to(device)
+    ids = torch.randint(table.shape[0] - 1, (B, len(shots)), generator=gen)
+    ctx = make_ctx(table, ids)
+    t = torch.rand(B, generator=gen).to(device) * 1000
+    ref, results = None, []
+    for impl, kern in combos:
+        wt.MOGA_IMPL, wt.MASKED_KERNEL = impl, kern
+        try:
+            lay = model.layout(shots, x.shape[3] // 2, x.shape[4] // 2, False, device)
+            times = []
+            for it in range(4):
+                model.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t1 = time.time()
+                with amp(device):
+                    pred = model(x, t, ctx, shots, layout=lay).float()
+                pred.square().mean().backward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.time() - t1)
+            grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+            out = (pred.detach(), grads)
+        except RuntimeError as e:  # a backend that cannot run this shape is skipped
+            log(f"attention {impl}/{kern}: fails ({str(e).splitlines()[0][:160]})")
+            continue
+        if ref is None:
+            ref = out
+        err = max(float((o - r).norm() / r.norm()) for o, r in zip(out, ref))
+        sec = min(times[1:])
+        results.append((sec, impl, kern, err))
+        log(f"attention {impl}/{kern}: {sec * 1000:.1f} ms per step (forward + backward, batch {B}), "
+            f"relative difference to mask/manual {err:.2e}")
+    enc = wt.ShapesEncoder(16).to(device)
+    times = []
+    for it in range(3):  # the data path of one step: drawing the clips and encoding them
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.time()
+        with torch.no_grad():
+            video, _ = shapes.sample_clips(gen, B, shots, a.height, a.width, device, drop_caption=0.1)
+            with amp(device):
+                enc(video)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.time() - t1)
+    log(f"data: {min(times[1:]) * 1000:.1f} ms per batch of {B} clips (drawn and encoded)")
+    good = [r for r in results if r[3] < 2e-2]
+    if not good:
+        raise SystemExit("no MoGA attention implementation runs on this device")
+    sec, impl, kern, err = min(good)
+    log(f"attention: using {impl}/{kern}")
+    del model, enc
+    return impl, kern
 
 
 def ema_model(cfg, state, device):
@@ -426,11 +501,13 @@ def main():
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--shift", type=float, default=3.0)
     ap.add_argument("--samples", default="", help="write check samples (PPM) to this folder")
-    ap.add_argument("--moga-impl", default="mask", choices=["gather", "mask"],
+    ap.add_argument("--moga-impl", default="auto", choices=["auto", "gather", "mask"],
                     help="MoGA window/frame branches with N x N masks, or per window group and "
-                         "frame (same values, see docs/training.md)")
-    ap.add_argument("--masked-kernel", default="manual", choices=["manual", "fused"],
-                    help="masked attention: float32 scores (tested) or PyTorch SDPA with the mask")
+                         "frame (same values, see docs/training.md); auto: the fastest that "
+                         "matches mask/manual")
+    ap.add_argument("--masked-kernel", default="auto", choices=["auto", "manual", "fused"],
+                    help="masked attention: float32 scores (tested) or PyTorch SDPA with the "
+                         "mask; auto: the fastest that matches")
     ap.add_argument("--lr-decay", default="none", choices=["none", "cosine"],
                     help="learning rate after warm-up: constant, or cosine to 10%% over the budget")
     ap.add_argument("--check-steps", type=int, default=25, help="sampling steps of the final checks")
@@ -444,8 +521,6 @@ def main():
     a = ap.parse_args()
     a.width, a.height = (int(v) for v in a.size.split("x"))
     a.dit_preflight = False
-    wt.MOGA_IMPL = a.moga_impl
-    wt.MASKED_KERNEL = a.masked_kernel
     device = torch.device(a.device)
     torch.manual_seed(a.seed)
     if device.type == "cuda":
@@ -468,6 +543,11 @@ def main():
     vae_ckpt, dit_ckpt = os.path.join(work, "vae_stage.pt"), os.path.join(work, "dit_stage.pt")
     stages = a.stages.split(",")
 
+    if "dit" in stages:
+        a.moga_impl, a.masked_kernel = choose_attention(a, log, device, table, t5cfg["d_model"],
+                                                        caps["text_len"])
+    wt.MOGA_IMPL = a.moga_impl if a.moga_impl != "auto" else "mask"
+    wt.MASKED_KERNEL = a.masked_kernel if a.masked_kernel != "auto" else "manual"
     if "dit" in stages:
         # fail fast: one full-size DiT step per shot layout (untrained encoder) before the
         # long stages
@@ -516,6 +596,7 @@ def main():
                                              caps["text_len"], resume, a.slice_seconds)
             earlier = resume["info"].get("commands", []) if resume else []
             dinfo["commands"] = earlier + [" ".join(sys.argv)]
+            dinfo["attention"] = f"{wt.MOGA_IMPL}/{wt.MASKED_KERNEL}"
             state["info"] = dinfo
             torch.save(state, dit_ckpt)
         log(f"dit {'done' if state['done'] else 'paused (rerun with --resume)'}: {dinfo}")

@@ -207,8 +207,10 @@ class SelfAttention(nn.Module):
             if "win_index" in layout:
                 o_win = window_attention(q, k, v, layout["win_index"])
                 F_, HW = layout["frames"], N // layout["frames"]
-                o_frm = attention(q.reshape(B, h, F_, HW, -1), k.reshape(B, h, F_, HW, -1),
-                                  v.reshape(B, h, F_, HW, -1), fused=False).reshape(B, h, N, -1)
+                # the frame branch: every frame's tokens attend among themselves, as a
+                # batch of [h * F] short sequences (no mask, so the fused kernels apply)
+                o_frm = attention(q.reshape(B, h * F_, HW, -1), k.reshape(B, h * F_, HW, -1),
+                                  v.reshape(B, h * F_, HW, -1)).reshape(B, h, N, -1)
             else:
                 o_win = attention(q, k, v, layout["win"][None, None])
                 o_frm = attention(q, k, v, layout["frm"][None, None])
