@@ -68,6 +68,17 @@ def main():
         n = int(tc["attention_mask"].sum())
         out = enc(tc["input_ids"][:n])
         results.append((f"{s} t5", rel(out, tc["last_hidden_state"][:n])))
+        # the batched, differentiable encode() that training uses: the caption padded to
+        # its full length beside a shorter copy of itself
+        ids = tc["input_ids"][:n]
+        m2 = max(1, n // 2)
+        batch = torch.zeros(2, n + 3, dtype=torch.long)
+        batch[0, :n], batch[1, :m2] = ids, ids[:m2]
+        with torch.no_grad():
+            both = enc.encode(batch, torch.tensor([n, m2]))
+        results.append((f"{s} t5 batched", rel(both[0, :n], tc["last_hidden_state"][:n])))
+        results.append((f"{s} t5 batched short", rel(both[1, :m2], enc(ids[:m2]))
+                        + float(both[1, m2:].abs().max()) + float(both[0, n:].abs().max())))
 
         v = json.load(open(os.path.join(d, "vae", "config.json")))
         dec = wt.WanVaeDecoder(v)

@@ -22,6 +22,7 @@ Budgets are wall-clock seconds (--vae-seconds, --dit-seconds) or exact step coun
 seeded by --seed.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -85,24 +86,48 @@ class Log:
         self.f.flush()
 
 
-def encode_captions(prep, device):
-    cfg = json.load(open(os.path.join(prep, "text_encoder", "config.json")))
-    t5 = wt.UMT5Encoder(cfg)
-    t5.load_hf(st.load(os.path.join(prep, "text_encoder", "model.safetensors")))
-    t5 = t5.to(device)
-    caps = json.load(open(os.path.join(prep, "captions.json")))
-    L = caps["text_len"]
-    table = torch.zeros(len(caps["ids"]), L, cfg["d_model"], device=device)
-    for i, ids in enumerate(caps["ids"]):
-        out = t5(torch.tensor(ids, device=device))
-        table[i, :out.shape[0]] = out
-    return table, cfg, caps
+class Text:
+    """The caption side: every caption's token ids (prepare.py) and the small umT5 that
+    encodes them, either frozen (its outputs computed once, a table) or trained with the
+    DiT (--text-encoder train: each step encodes the batch's captions). The last caption is
+    the empty one (caption id -1), used for classifier-free guidance."""
 
+    def __init__(self, prep, device, train):
+        self.cfg = json.load(open(os.path.join(prep, "text_encoder", "config.json")))
+        self.caps = json.load(open(os.path.join(prep, "captions.json")))
+        self.t5 = wt.UMT5Encoder(self.cfg)
+        self.t5.load_hf(st.load(os.path.join(prep, "text_encoder", "model.safetensors")))
+        self.t5 = self.t5.to(device)
+        self.len = self.caps["text_len"]
+        self.dim = self.cfg["d_model"]
+        self.count = len(self.caps["ids"])
+        self.ids = torch.zeros(self.count, self.len, dtype=torch.long)
+        for i, t in enumerate(self.caps["ids"]):
+            self.ids[i, :len(t)] = torch.tensor(t)
+        self.lens = torch.tensor([len(t) for t in self.caps["ids"]])
+        self.ids, self.lens = self.ids.to(device), self.lens.to(device)
+        self.train = train
+        self.table = None
+        self.t5.requires_grad_(train)
+        if not train:
+            self.freeze()
 
-def make_ctx(table, ids):
-    """ids [B, S] caption ids (-1: the empty caption, the table's last row) -> [B, S, L, d]."""
-    ids = torch.where(ids < 0, torch.full_like(ids, table.shape[0] - 1), ids)
-    return table[ids.to(table.device)]
+    def freeze(self):
+        """From now on the captions come from a table of the encoder's present outputs."""
+        with torch.no_grad():
+            self.table = torch.cat([self.t5.encode(self.ids[i:i + 512], self.lens[i:i + 512]).float()
+                                    for i in range(0, self.count, 512)])
+        self.t5.requires_grad_(False)
+
+    def ctx(self, ids):
+        """ids [B, S] caption ids (-1: the empty caption) -> contexts [B, S, L, d]."""
+        ids = ids.to(self.ids.device)
+        ids = torch.where(ids < 0, torch.full_like(ids, self.count - 1), ids)
+        if self.table is not None:
+            return self.table[ids]
+        B, S = ids.shape
+        flat = ids.flatten()
+        return self.t5.encode(self.ids[flat], self.lens[flat]).view(B, S, self.len, self.dim)
 
 
 def train_vae(a, log, gen, device):
@@ -170,34 +195,42 @@ def balance_loss(stats, groups):
     return out / max(len(stats), 1)
 
 
-def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, resume=None,
-              slice_seconds=0.0):
+def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seconds=0.0,
+              probe=True):
     """Flow-matching training of the MoGA DiT. resume: a state from an earlier call (the
     budget --dit-seconds / --dit-steps counts over all calls); slice_seconds: stop this call
-    after so many seconds (0: run to the end of the budget). Returns (model with EMA weights,
-    config, info, state); state["done"] says whether the budget is used up."""
-    cfg = dit_config(text_dim, text_len, a.groups)
+    after so many seconds (0: run to the end of the budget); probe: every 500 steps, measure
+    how much worse the prediction gets with another clip's captions (the model's use of the
+    text). With text.train the umT5 trains too (same optimizer, its own EMA). Returns
+    (model, config, info, state); state["done"] says whether the budget is used up."""
+    cfg = dit_config(text.dim, text.len, a.groups)
     model = wt.WanDiT(cfg).to(device)
     with torch.no_grad():
         for blk in model.blocks:
             blk.self_attn.router.weight.normal_(0, 0.02)
             blk.self_attn.router.bias.zero_()
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=a.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    t5_ema = {k: v.detach().clone().float() for k, v in text.t5.state_dict().items()} if text.train else {}
+    params = list(model.parameters()) + (list(text.t5.parameters()) if text.train else [])
+    opt = torch.optim.AdamW(params, lr=a.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
     # noise and timesteps are drawn on the device (a CPU draw of the noise, copied over,
     # cost as much as the step); losses stay on the device until a log line needs them
     dgen = torch.Generator(device=device).manual_seed(a.seed * 1000 + 17)
-    step, hist, before = 0, [], 0.0
+    step, hist, before, probes = 0, [], 0.0, []
     if resume:
         model.load_state_dict(resume["model"])
+        if text.train:
+            text.t5.load_state_dict(resume["t5"])
+            t5_ema = {k: v.to(device) for k, v in resume["t5_ema"].items()}
+        probes = resume.get("probes", [])
         opt.load_state_dict(resume["opt"])
         ema = {k: v.to(device) for k, v in resume["ema"].items()}
         step, hist, before = resume["step"], resume["hist"], resume["seconds"]
-        gen.set_state(resume["gen"])
-        dgen.set_state(resume["dgen"])
+        gen.set_state(resume["gen"].cpu())
+        dgen.set_state(resume["dgen"].cpu())
         log(f"dit: resumed at step {step} after {before:.0f} s")
-    ema_keys = list(ema)
-    ema_list = [ema[k] for k in ema_keys]
+    ema_keys, t5_keys = list(ema), list(t5_ema)
+    ema_list = [ema[k] for k in ema_keys] + [t5_ema[k] for k in t5_keys]
     layouts = {}
     t0 = time.time() - before  # so that time.time() - t0 counts every call's training time
     t_call = time.time()
@@ -223,7 +256,7 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
             with amp(device):
                 mu, _ = enc(video)
             x0 = (mu.float() - mean5) / std5
-            ctx = make_ctx(table, ids)
+        ctx = text.ctx(ids)
         B = x0.shape[0]
         u = torch.sigmoid(torch.randn(B, generator=dgen, device=device))
         s = a.shift * u / (1 + (a.shift - 1) * u)
@@ -244,13 +277,22 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
         loss = mse + a.balance * bal
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if probe and step % 500 == 0:
+            with torch.no_grad(), amp(device):
+                wrong = model(xt, s * 1000, ctx.detach().roll(1, dims=0), list(shots), layout=layouts[key])
+            gap = float(((wrong.float() - (noise - x0)) ** 2).mean() - mse.detach())
+            probes.append([step, gap])
+            log(f"dit step {step}: text use: another clip's captions add {gap:.4f} to the mse "
+                f"({float(mse):.4f})")
         with torch.no_grad():
             d = min(a.ema, (1 + step) / (10 + step))
             cur = model.state_dict()
+            cur_t5 = text.t5.state_dict() if text.train else {}
             torch._foreach_mul_(ema_list, d)
-            torch._foreach_add_(ema_list, [cur[k].float() for k in ema_keys], alpha=1 - d)
+            torch._foreach_add_(ema_list, [cur[k].float() for k in ema_keys] +
+                                [cur_t5[k].float() for k in t5_keys], alpha=1 - d)
             share = torch.stack([F.one_hot(gid, a.groups).float().mean(dim=1).max() for _, gid in stats])
             hist.append(torch.stack([mse.detach(), torch.as_tensor(bal, device=device).detach().float(),
                                      share.max() * a.groups]))
@@ -263,14 +305,17 @@ def train_dit(a, log, gen, device, enc, mean, std, table, text_dim, text_len, re
     hist = [h.tolist() if torch.is_tensor(h) else h for h in hist]
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step,
              "hist": hist, "seconds": time.time() - t0, "gen": gen.get_state(),
-             "dgen": dgen.get_state(), "done": done}
+             "dgen": dgen.get_state(), "done": done, "probes": probes,
+             "t5": text.t5.state_dict() if text.train else None, "t5_ema": t5_ema}
     final = torch.tensor(hist[-200:]).mean(0).tolist() if hist else [float("nan")] * 3
     info = {"steps": step, "seconds": round(time.time() - t0, 1), "final_mse": final[0],
-            "final_balance_loss": final[1], "final_largest_group_vs_fair": final[2]}
+            "final_balance_loss": final[1], "final_largest_group_vs_fair": final[2],
+            "text_encoder": "trained" if text.train else "frozen",
+            "text_use_mse_gap": probes[-1][1] if probes else None}
     return model, cfg, info, state
 
 
-def choose_attention(a, log, device, table, text_dim, text_len):
+def choose_attention(a, log, device, text):
     """--moga-impl / --masked-kernel auto: time one DiT training step (forward, backward)
     of each way of running the MoGA branches on a three-shot batch of the training size,
     check that its prediction and gradients match the tested reference (N x N masks,
@@ -279,7 +324,7 @@ def choose_attention(a, log, device, table, text_dim, text_len):
     kernels = ["manual", "fused"] if a.masked_kernel == "auto" else [a.masked_kernel]
     combos = [("mask", "manual")] + [(i, k) for i in impls for k in kernels if (i, k) != ("mask", "manual")]
     torch.manual_seed(a.seed)
-    model = wt.WanDiT(dit_config(text_dim, text_len, a.groups)).to(device)
+    model = wt.WanDiT(dit_config(text.dim, text.len, a.groups)).to(device)
     with torch.no_grad():
         for blk in model.blocks:
             blk.self_attn.router.weight.normal_(0, 0.5)  # spread tokens over the groups
@@ -287,8 +332,9 @@ def choose_attention(a, log, device, table, text_dim, text_len):
     shots = [5, 4, 4]
     B = a.dit_batch
     x = torch.randn(B, 16, sum(shots), a.height // 8, a.width // 8, generator=gen).to(device)
-    ids = torch.randint(table.shape[0] - 1, (B, len(shots)), generator=gen)
-    ctx = make_ctx(table, ids)
+    ids = torch.randint(text.count - 1, (B, len(shots)), generator=gen)
+    with torch.no_grad():
+        ctx = text.ctx(ids)
     t = torch.rand(B, generator=gen).to(device) * 1000
     ref, results = None, []
     for impl, kern in combos:
@@ -349,7 +395,7 @@ def ema_model(cfg, state, device):
 
 
 @torch.no_grad()
-def sample(model, dec, table, caption_ids, shots, a, mean, std, device, steps=25, guidance=5.0,
+def sample(model, dec, text, caption_ids, shots, a, mean, std, device, steps=25, guidance=5.0,
            seed=0):
     """Euler flow-matching sampler with CFG (a check; the engine uses UniPC)."""
     g = torch.Generator().manual_seed(seed)
@@ -357,8 +403,8 @@ def sample(model, dec, table, caption_ids, shots, a, mean, std, device, steps=25
     x = torch.randn(1, 16, F_, a.height // 8, a.width // 8, generator=g).to(device)
     sig = torch.linspace(1, 0, steps + 1)
     sig = a.shift * sig / (1 + (a.shift - 1) * sig)
-    cond = make_ctx(table, torch.tensor([caption_ids]))
-    unc = make_ctx(table, torch.full((1, len(shots)), -1))
+    cond = text.ctx(torch.tensor([caption_ids]))
+    unc = text.ctx(torch.full((1, len(shots)), -1))
     lay = model.layout(list(shots), x.shape[3] // 2, x.shape[4] // 2, False, device)
     for i in range(steps):
         t = torch.full((1,), float(sig[i]) * 1000, device=device)
@@ -396,7 +442,7 @@ def object_colour(frames):
     return x[:, mask].mean(1)
 
 
-def export(a, model, cfg, dec, mean, std, prep, caps, info):
+def export(a, model, cfg, dec, mean, std, prep, text, info):
     out = a.out
     if os.path.exists(out):
         shutil.rmtree(out)
@@ -413,7 +459,10 @@ def export(a, model, cfg, dec, mean, std, prep, caps, info):
                 latents_std=[round(float(v), 6) for v in std])
     json.dump(vcfg, open(os.path.join(out, "vae", "config.json"), "w"), indent=2)
     shutil.copy(os.path.join(prep, "text_encoder", "config.json"), os.path.join(out, "text_encoder"))
-    shutil.copy(os.path.join(prep, "text_encoder", "model.safetensors"), os.path.join(out, "text_encoder"))
+    # the umT5 as trained (or as prepare.py made it, if frozen); the embedding is tied
+    t5 = {k: v.detach().float() for k, v in text.t5.hf_state_dict().items()
+          if k != "encoder.embed_tokens.weight"}
+    st.save(os.path.join(out, "text_encoder", "model.safetensors"), t5, meta)
     shutil.copy(os.path.join(prep, "tokenizer", "spiece.model"), os.path.join(out, "tokenizer"))
     index = {"_class_name": "WanPipeline",
              "_mogagen": {"name": "mogagen-shapes", "trained": True,
@@ -457,8 +506,8 @@ beyond it: unknown words reach the text encoder as unknown pieces.
 - Wan2.1 DiT: dim {info['dit_config']['dim']}, {info['dit_config']['num_layers']} layers, \
 {info['dit_config']['num_heads']} heads, MoGA with M = {info['dit_config']['attention']['groups']} router groups \
 (windows 2x2, temporal group 4, kv extend 2), one caption per shot.
-- umT5 encoder: width 64, 2 layers, random and frozen. SentencePiece BPE tokenizer with
-  128 pieces over the grammar, case-folding.
+- umT5 encoder: width 64, 2 layers, {"trained with the DiT" if d.get("text_encoder") == "trained" else "random and frozen"}. \
+SentencePiece BPE tokenizer with 128 pieces over the grammar, case-folding.
 - Wan2.1 VAE decoder: base width 16, z 16. Latent mean and std are in `vae/config.json`.
 - Sampling defaults in `model_index.json`: 25 UniPC steps, shift {a.shift}, guidance 5,
   empty negative prompt, {a.width}x{a.height}, 49 frames.
@@ -472,6 +521,8 @@ Seed {info['seed']}, torch {info['torch']}. Training time: {v['seconds'] + d['se
 |---|---|---|---|
 | VAE | {v['steps']} | {v['seconds']} | L1 {v['final_l1']:.4f}, MSE {v['final_mse']:.5f} ({v['psnr_db']:.1f} dB), KL {v['final_kl']:.3f} |
 | DiT | {d['steps']} | {d['seconds']} | flow MSE {d['final_mse']:.4f}, balance {d['final_balance_loss']:.3f}, largest group {d['final_largest_group_vs_fair']:.2f}x fair |
+
+Text use at the end: another clip's captions raise the flow MSE by {d.get('text_use_mse_gap') or float('nan'):.4f}.
 
 ## Colour checks at export (PyTorch, Euler, {a.check_steps} steps)
 | caption | object hue | named hue |
@@ -508,6 +559,8 @@ def main():
     ap.add_argument("--masked-kernel", default="auto", choices=["auto", "manual", "fused"],
                     help="masked attention: float32 scores (tested) or PyTorch SDPA with the "
                          "mask; auto: the fastest that matches")
+    ap.add_argument("--text-encoder", default="train", choices=["train", "frozen"],
+                    help="train the small umT5 with the DiT, or keep prepare.py's random one frozen")
     ap.add_argument("--lr-decay", default="none", choices=["none", "cosine"],
                     help="learning rate after warm-up: constant, or cosine to 10%% over the budget")
     ap.add_argument("--check-steps", type=int, default=25, help="sampling steps of the final checks")
@@ -536,16 +589,16 @@ def main():
     log = Log(os.path.join(os.path.dirname(os.path.abspath(a.out)), "train.log"))
     t_start = time.time()
     gen = torch.Generator().manual_seed(a.seed)
-    table, t5cfg, caps = encode_captions(a.prep, device)
-    log(f"encoded {table.shape[0]} captions on {device}: {tuple(table.shape)}")
+    text = Text(a.prep, device, a.text_encoder == "train")
+    caps = text.caps
+    log(f"{text.count} captions of up to {text.len} tokens; text encoder {a.text_encoder}")
 
     work = os.path.dirname(os.path.abspath(a.out))
     vae_ckpt, dit_ckpt = os.path.join(work, "vae_stage.pt"), os.path.join(work, "dit_stage.pt")
     stages = a.stages.split(",")
 
     if "dit" in stages:
-        a.moga_impl, a.masked_kernel = choose_attention(a, log, device, table, t5cfg["d_model"],
-                                                        caps["text_len"])
+        a.moga_impl, a.masked_kernel = choose_attention(a, log, device, text)
     wt.MOGA_IMPL = a.moga_impl if a.moga_impl != "auto" else "mask"
     wt.MASKED_KERNEL = a.masked_kernel if a.masked_kernel != "auto" else "manual"
     if "dit" in stages:
@@ -554,8 +607,8 @@ def main():
         pre = argparse.Namespace(**vars(a))
         pre.dit_steps, pre.dit_preflight = len(DIT_LAYOUTS), True
         train_dit(pre, log, torch.Generator().manual_seed(0), device, wt.ShapesEncoder(16).to(device),
-                  torch.zeros(16, device=device), torch.ones(16, device=device), table,
-                  t5cfg["d_model"], caps["text_len"])
+                  torch.zeros(16, device=device), torch.ones(16, device=device), copy.deepcopy(text),
+                  probe=False)
         if device.type == "cuda":
             torch.cuda.synchronize()
         log(f"preflight: DiT forward and backward run (MoGA branches: {wt.MOGA_IMPL}, "
@@ -578,22 +631,22 @@ def main():
         dec.load_state_dict(ck["dec"])
         mean, std, vinfo = ck["mean"].to(device), ck["std"].to(device), ck["info"]
         if "vae" not in stages and not (a.resume and os.path.exists(dit_ckpt)):
-            gen.set_state(ck["gen"])
+            gen.set_state(ck["gen"].cpu())
     enc.eval()
     dec.eval()
     for p in list(enc.parameters()) + list(dec.parameters()):
         p.requires_grad_(False)
     log(f"latent mean {[round(float(v), 3) for v in mean]} std {[round(float(v), 3) for v in std]}")
 
-    cfg = dit_config(t5cfg["d_model"], caps["text_len"], a.groups)
+    cfg = dit_config(text.dim, text.len, a.groups)
     if "dit" in stages:
         resume = torch.load(dit_ckpt, map_location=device) if a.resume and os.path.exists(dit_ckpt) else None
         if resume and resume["done"]:
             log("dit: the checkpoint has used its whole budget; nothing to train")
             state, dinfo = resume, resume["info"]
         else:
-            _, cfg, dinfo, state = train_dit(a, log, gen, device, enc, mean, std, table, t5cfg["d_model"],
-                                             caps["text_len"], resume, a.slice_seconds)
+            _, cfg, dinfo, state = train_dit(a, log, gen, device, enc, mean, std, text, resume,
+                                             a.slice_seconds)
             earlier = resume["info"].get("commands", []) if resume else []
             dinfo["commands"] = earlier + [" ".join(sys.argv)]
             dinfo["attention"] = f"{wt.MOGA_IMPL}/{wt.MASKED_KERNEL}"
@@ -610,6 +663,9 @@ def main():
         return 3
     dinfo = state["info"]
     model = ema_model(cfg, state, device)
+    if text.train:  # the umT5's EMA weights, then its outputs as a table for the checks
+        text.t5.load_state_dict({k: v.to(device) for k, v in state["t5_ema"].items()})
+    text.freeze()
 
     checks = []
     tests = [("a red circle moves right on a black background", [13]),
@@ -620,12 +676,12 @@ def main():
               "a small green circle moves up on a white background",
               "a blue triangle turns on a gray background"], [5, 4, 4])
     index = {c: i for i, c in enumerate(caps["captions"])}
-    for k, (text, shots) in enumerate(tests + [(None, None)]):
-        if text is None:
+    for k, (prompt, shots) in enumerate(tests + [(None, None)]):
+        if prompt is None:
             texts, shots = multi
         else:
-            texts = [text]
-        video = sample(model, dec, table, [index[t] for t in texts], shots, a, mean, std, device,
+            texts = [prompt]
+        video = sample(model, dec, text, [index[t] for t in texts], shots, a, mean, std, device,
                        steps=a.check_steps, seed=k)
         vf = shapes.shot_video_frames(shots)
         start = 0
@@ -648,7 +704,7 @@ def main():
             if device.type == "cuda" else "cpu", "torch": torch.__version__, "size": [a.width, a.height],
             "vae": vinfo, "dit": dinfo, "total_seconds": round(time.time() - t_start, 1),
             "checks": checks, "dit_config": cfg, "vae_config": VAE_CFG}
-    export(a, model, cfg, dec, mean, std, a.prep, caps, info)
+    export(a, model, cfg, dec, mean, std, a.prep, text, info)
     log(f"exported to {a.out} in {info['total_seconds']} s total")
     return 0
 

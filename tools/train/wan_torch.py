@@ -540,6 +540,32 @@ class UMT5Encoder(nn.Module):
                     continue  # tied to shared.weight
                 p.copy_(sd[k])
 
+    def encode(self, ids, lengths):
+        """ids [B, L] (padded with 0), lengths [B] -> [B, L, d_model], differentiable. Keys
+        past a caption's length are masked and its rows past the length are zero, so each
+        row equals forward() on the caption's real tokens, zero-padded (the engine's
+        per-shot context)."""
+        c = self.cfg
+        B, L = ids.shape
+        x = self.shared(ids)
+        pos = torch.arange(L, device=ids.device)
+        bucket = t5_bucket(pos[None, :] - pos[:, None], c["relative_attention_num_buckets"],
+                           c["relative_attention_max_distance"])
+        real = pos[None, :] < lengths.to(ids.device)[:, None]  # [B, L]
+        h, dk = c["num_heads"], c["d_kv"]
+        for m in self.layers:
+            y = m.ln0(x)
+            q = m.q(y).view(B, L, h, dk).transpose(1, 2)
+            k = m.k(y).view(B, L, h, dk).transpose(1, 2)
+            v = m.v(y).view(B, L, h, dk).transpose(1, 2)
+            bias = m.rel(bucket).permute(2, 0, 1)[None]
+            sc = (q @ k.transpose(-1, -2) + bias).float().masked_fill(~real[:, None, None, :], float("-inf"))
+            att = torch.softmax(sc, dim=-1).to(v.dtype)
+            x = x + m.o((att @ v).transpose(1, 2).reshape(B, L, h * dk))
+            y = m.ln1(x)
+            x = x + m.wo(F.gelu(m.wi_0(y), approximate="tanh") * m.wi_1(y))
+        return self.final(x) * real[..., None].to(x.dtype)
+
     @torch.no_grad()
     def forward(self, ids):
         """ids [L] (real tokens only) -> [L, d_model]."""
