@@ -7,8 +7,8 @@ Writes:
                                  the grammar (shapes.py), case-folding (nmt_nfkc_cf),
                                  ids pad 0, eos 1, bos 2, unk 3 as umT5
   text_encoder/config.json       a small umT5 (transformers UMT5Config fields)
-  text_encoder/model.safetensors its weights: random from the seed, frozen (the DiT's
-                                 text_embedding learns to read them)
+  text_encoder/model.safetensors its weights, random from the seed: train.py trains them
+                                 with the DiT (or keeps them, --text-encoder frozen)
   captions.json                  every caption with its token ids (+ </s>), and the empty
                                  caption (the negative prompt) last
 

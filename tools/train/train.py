@@ -3,9 +3,10 @@
     python3 tools/train/train.py --prep .train/prep --out models/default \
         --seed 1
 
-1. Text: the frozen umT5 of prepare.py encodes every caption of the grammar once; each
+1. Text: the small umT5 of prepare.py (random from its seed) encodes each caption; each
    caption's rows are kept to its real tokens and zero-padded to text_len (what the engine
-   does per shot).
+   does per shot). By default it trains with the DiT (--text-encoder train); --text-encoder
+   frozen keeps it as prepared.
 2. VAE: the Wan2.1 causal decoder (wan_torch.WanVaeDecoder, base_dim 16) and a small
    training-only encoder learn to reconstruct procedural clips (shapes.py) with L1 + MSE
    and a light KL term. Per-channel latent statistics become latents_mean / latents_std.
@@ -546,7 +547,8 @@ def main():
     ap.add_argument("--dit-seconds", type=float, default=320)
     ap.add_argument("--dit-steps", type=int, default=0)
     ap.add_argument("--dit-batch", type=int, default=32)
-    ap.add_argument("--dit-lr", type=float, default=3e-4)
+    ap.add_argument("--dit-lr", type=float, default=6e-4,
+                    help="peak learning rate of the DiT (and of the umT5 when it trains)")
     ap.add_argument("--groups", type=int, default=ARCH["dit"]["attention"]["groups"])
     ap.add_argument("--balance", type=float, default=0.02)
     ap.add_argument("--ema", type=float, default=0.999)
