@@ -136,6 +136,14 @@ TEST(CudaOps, LinearF32) {
     ASSERT_EQ(wd.dtype(), DType::F32);
     check(b.down(b.gpu->linear(b.up(x), wd, &bd)), b.cpu->linear(x, w, &bias), kF32Tol,
           "linear f32 (TF32 off)");
+    // TF32 tensor cores on request: close, but no longer float32-exact
+    EXPECT_EQ(b.gpu->set_f32_matmul(Ops::F32Matmul::Tf32), Ops::F32Matmul::Exact);
+    const double e = check(b.down(b.gpu->linear(b.up(x), wd, &bd)), b.cpu->linear(x, w, &bias),
+                           kTf32Tol, "linear f32 (TF32 on)");
+    if (k >= 256) {
+      EXPECT_GT(e, 1e-6) << "TF32 mode ran exact float32";
+    }
+    EXPECT_EQ(b.gpu->set_f32_matmul(Ops::F32Matmul::Exact), Ops::F32Matmul::Tf32);
   }
 }
 

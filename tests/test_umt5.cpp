@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <utility>
 
 #include "models/umt5/umt5.h"
 #include "pipeline/verify.h"
@@ -247,6 +250,58 @@ TEST(UMT5, MatchesHostReferenceOnTinyModel) {
     FAIL() << "no error for an out-of-vocabulary id";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ExitCode::BadInput);
+  }
+}
+
+// The TF32 policy (MOGAGEN_T5_MATMUL) changes nothing on the exact CPU backend, restores
+// the backend's mode after encoding, and a bad value is an input error naming the variable.
+TEST(UMT5, MatmulPolicyFromEnvironment) {
+  const char* old = std::getenv("MOGAGEN_T5_MATMUL");
+  const std::string saved = old ? old : "";
+  unsetenv("MOGAGEN_T5_MATMUL");
+  EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Tf32ExceptQK);
+  setenv("MOGAGEN_T5_MATMUL", "exact", 1);
+  EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Exact);
+  setenv("MOGAGEN_T5_MATMUL", "tf32", 1);
+  EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Tf32);
+  setenv("MOGAGEN_T5_MATMUL", "fast", 1);
+  try {
+    t5_matmul_from_env();
+    ADD_FAILURE() << "no error for MOGAGEN_T5_MATMUL=fast";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::BadInput);
+    EXPECT_NE(std::string(e.what()).find("MOGAGEN_T5_MATMUL"), std::string::npos) << e.what();
+  }
+  if (old) setenv("MOGAGEN_T5_MATMUL", saved.c_str(), 1); else unsetenv("MOGAGEN_T5_MATMUL");
+
+  const UMT5Config c = tiny_config();
+  const auto w = tiny_weights(c, 7);
+  const WeightMap m = WeightMap::from_source(TensorSource::from_tensors(w), Component::T5);
+  auto ops = make_cpu_ops();
+  const auto ids = tiny_ids(12, 3);
+  for (T5Matmul mm : {T5Matmul::Exact, T5Matmul::Tf32ExceptQK, T5Matmul::Tf32}) {
+    UMT5Encoder enc(c, m, *ops, mm);
+    EXPECT_LE(rel(enc.encode(ids), reference_encode(c, w, ids)), 1e-5);
+    EXPECT_EQ(ops->set_f32_matmul(Ops::F32Matmul::Exact), Ops::F32Matmul::Exact);  // restored
+  }
+}
+
+// On the GPU each policy stays within the bf16 bar of the CPU reference, and the default
+// (TF32 except q/k) within the TF32 one.
+TEST(UMT5, GpuMatmulPoliciesMatchCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const UMT5Config c = tiny_config();
+  const auto w = tiny_weights(c, 9);
+  const WeightMap m = WeightMap::from_source(TensorSource::from_tensors(w), Component::T5);
+  auto gpu = make_cuda_ops(0);
+  const auto ids = tiny_ids(40, 5);
+  const auto ref = reference_encode(c, w, ids);
+  for (auto [mm, tol] : {std::pair{T5Matmul::Exact, 1e-5}, {T5Matmul::Tf32ExceptQK, 3e-3},
+                         {T5Matmul::Tf32, 2e-2}}) {
+    UMT5Encoder enc(c, m, *gpu, mm);
+    const double e = rel(enc.encode(ids), ref);
+    std::printf("  umT5 GPU policy %d: rel err %.3e\n", int(mm), e);
+    EXPECT_LE(e, tol) << int(mm);
   }
 }
 

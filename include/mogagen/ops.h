@@ -40,6 +40,16 @@ class Ops {
   // ---- linear algebra ------------------------------------------------------------------
   // y[M,N] = x[M,K] . w[N,K]^T (+ b[N])   (nn.Linear)
   virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b) = 0;
+  // How linear() multiplies F32 weights from now on. Exact: float32 products (the default).
+  // Tf32: TF32 tensor cores where the backend has them (10-bit mantissa products, float32
+  // accumulation, as the VAE's convolutions); the CPU backend stays exact. Returns the
+  // previous mode.
+  enum class F32Matmul { Exact, Tf32 };
+  F32Matmul set_f32_matmul(F32Matmul m) {
+    const F32Matmul old = f32_matmul_;
+    f32_matmul_ = m;
+    return old;
+  }
 
   // ---- elementwise ---------------------------------------------------------------------
   virtual Tensor add(const Tensor& a, const Tensor& b) = 0;       // same numel
@@ -112,6 +122,9 @@ class Ops {
   virtual Tensor copy(const Tensor& x) = 0;
   virtual void copy_(Tensor& dst, const Tensor& src) = 0;  // same numel
   virtual void synchronize() {}
+
+ protected:
+  F32Matmul f32_matmul_ = F32Matmul::Exact;
 };
 
 // Shape contract of attention / attention_varlen shared by the backends: q, k, v are

@@ -1,7 +1,9 @@
 #include "models/umt5/umt5.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace mg {
 
@@ -79,9 +81,21 @@ int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance) {
   return bucket + large;
 }
 
+T5Matmul t5_matmul_from_env() {
+  const char* v = std::getenv("MOGAGEN_T5_MATMUL");
+  if (!v || !*v) return T5Matmul::Tf32ExceptQK;
+  const std::string s(v);
+  if (s == "exact") return T5Matmul::Exact;
+  if (s == "tf32-except-qk") return T5Matmul::Tf32ExceptQK;
+  if (s == "tf32") return T5Matmul::Tf32;
+  throw input_error("MOGAGEN_T5_MATMUL: expected exact, tf32-except-qk or tf32, found '" + s + "'");
+}
+
 // All weights stay float32 on every backend: the encoder runs once per caption, and bf16
-// GEMMs through T5's unscaled attention logits drift past the 2e-2 golden tolerance.
-UMT5Encoder::UMT5Encoder(const UMT5Config& cfg, const WeightMap& m, Ops& ops) : cfg_(cfg), ops_(ops) {
+// GEMMs through T5's unscaled attention logits drift past the 2e-2 golden tolerance. Where
+// the backend has TF32 tensor cores, matmul_ says which GEMMs use them (T5Matmul).
+UMT5Encoder::UMT5Encoder(const UMT5Config& cfg, const WeightMap& m, Ops& ops, T5Matmul matmul)
+    : cfg_(cfg), ops_(ops), matmul_(matmul) {
   m.check(cfg_.expected_weights(), /*allow_extra=*/true);
   embed_ = m.view("shared.weight");  // stays in the (mmap'd) file; rows converted on use
   for (int i = 0; i < cfg_.num_layers; ++i) {
@@ -121,13 +135,23 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
                                              cfg_.relative_attention_max_distance);
   Tensor hs = ops_.upload(x);
   const float eps = float(cfg_.layer_norm_epsilon);
+  using M = Ops::F32Matmul;
+  const M qk_mode = matmul_ == T5Matmul::Tf32 ? M::Tf32 : M::Exact;
+  const M rest_mode = matmul_ == T5Matmul::Exact ? M::Exact : M::Tf32;
+  struct Restore {  // the backend's mode as it was, also when an op throws
+    Ops& ops;
+    M old;
+    ~Restore() { ops.set_f32_matmul(old); }
+  } restore{ops_, ops_.set_f32_matmul(qk_mode)};
   for (size_t li = 0; li < blocks_.size(); ++li) {
     const Block& b = blocks_[li];
     // bias[h, i, j] = table[bucket(j - i), h], gathered on the backend: [L*L, H] -> [H, L, L]
     Tensor bias_d = ops_.transpose(ops_.gather_rows(b.rel_bias, bucket)).reshape({H, L, L});
     Tensor a = ops_.rms_norm(hs, b.norm1, eps);
+    ops_.set_f32_matmul(qk_mode);
     Tensor q = ops_.linear(a, b.q, nullptr).reshape({L, H, dk});
     Tensor k = ops_.linear(a, b.k, nullptr).reshape({L, H, dk});
+    ops_.set_f32_matmul(rest_mode);
     Tensor v = ops_.linear(a, b.v, nullptr).reshape({L, H, dk});
     Tensor o = ops_.attention(q, k, v, 1.0f, &bias_d);
     ops_.add_(hs, ops_.linear(o.reshape({L, H * dk}), b.o, nullptr));

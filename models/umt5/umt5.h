@@ -23,9 +23,21 @@ struct UMT5Config {
 // Bidirectional relative-position bucket of rel = key - query (T5, exact integer table).
 int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance);
 
+// How the encoder's float32 GEMMs run where the backend has TF32 tensor cores (the CPU
+// backend is always exact):
+//   Exact          float32 products everywhere;
+//   Tf32ExceptQK   TF32 for the v and o projections and the FFN (83% of the FLOPs), float32
+//                  for q and k, whose products are T5's unscaled attention logits;
+//   Tf32           TF32 everywhere.
+enum class T5Matmul { Exact, Tf32ExceptQK, Tf32 };
+// MOGAGEN_T5_MATMUL=exact|tf32-except-qk|tf32 (a measurement override, docs/performance.md);
+// unset: Tf32ExceptQK. Any other value is an input error naming the variable.
+T5Matmul t5_matmul_from_env();
+
 class UMT5Encoder {
  public:
-  UMT5Encoder(const UMT5Config& cfg, const WeightMap& weights, Ops& ops);
+  UMT5Encoder(const UMT5Config& cfg, const WeightMap& weights, Ops& ops,
+              T5Matmul matmul = t5_matmul_from_env());
   const UMT5Config& config() const { return cfg_; }
   // ids: the real tokens including EOS (no padding). Returns host F32 [L, d_model]; equal to
   // the reference's masked run over a padded batch (masked keys get zero weight).
@@ -37,6 +49,7 @@ class UMT5Encoder {
   };
   UMT5Config cfg_;
   Ops& ops_;
+  T5Matmul matmul_;
   Tensor embed_;  // [vocab, d_model] host, stored dtype (gathered row by row on the host)
   std::vector<Block> blocks_;
   Tensor final_norm_;

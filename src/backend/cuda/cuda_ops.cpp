@@ -3,7 +3,7 @@
 // Precision (shared/wan-notes.md §1.6): activations are F32 in device memory; weights are
 // BF16 on the device unless the model asks to keep them F32. `linear` and `conv3d` run bf16
 // tensor-core GEMMs with fp32 accumulation (cuBLASLt) for BF16 weights; for F32 weights
-// `linear` runs plain fp32 GEMMs (TF32 off) and `conv3d` TF32 tensor-core GEMMs; attention runs cuDNN's fused flash attention on bf16 q/k/v
+// `linear` runs fp32 weights as plain fp32 GEMMs unless set_f32_matmul(Tf32) (the umT5 encoder) and `conv3d` TF32 tensor-core GEMMs; attention runs cuDNN's fused flash attention on bf16 q/k/v
 // (fp32 softmax, F32 result) and an exact fp32 path for what cuDNN rejects (bias, head dims
 // > 256). Every other op is F32 and matches the CPU backend (src/backend/cpu/cpu_ops.cpp),
 // which defines the semantics, to float rounding.
@@ -464,6 +464,7 @@ class CudaOps final : public Ops {
     } else if (w.dtype() == DType::F32) {
       xin = in_f32(x, "linear", "x");
       g.ab = CUDA_R_32F;
+      g.tf32 = f32_matmul_ == F32Matmul::Tf32;
     } else {
       throw internal_error("linear: weight dtype " + w.str() + " (expected BF16 or F32)");
     }
