@@ -1,5 +1,6 @@
 // PNG encoder and contact sheet.
 #include "e2e_util.h"
+#include "test_util.h"
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,18 +24,6 @@ namespace {
 const char* kFfmpeg = "/usr/bin/ffmpeg";
 
 using e2e::capture;
-
-struct PngTempFolder {
-  std::string path;
-  PngTempFolder() {
-    std::string t = (fs::temp_directory_path() / "mogagen-png-XXXXXX").string();
-    path = mkdtemp(t.data()) ? t : std::string();
-  }
-  ~PngTempFolder() {
-    std::error_code ec;
-    if (!path.empty()) fs::remove_all(path, ec);
-  }
-};
 
 uint32_t be32(const uint8_t* p) {
   return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
@@ -109,7 +98,7 @@ TEST(Preview, PngSignatureHeaderAndChunkCrcs) {
 
 TEST(Preview, PngDecodesToTheSamePixels) {
   if (access(kFfmpeg, X_OK) != 0) GTEST_SKIP() << kFfmpeg << " not installed";
-  PngTempFolder dir;
+  testutil::TempDir dir("png");
   // 300x200 stored: several 64 KiB deflate blocks; 1x1 and odd sizes; compressed.
   struct Case {
     int w, h;
@@ -130,7 +119,7 @@ TEST(Preview, PngDecodesToTheSamePixels) {
 }
 
 TEST(Preview, WritePngCreatesTheFileAtomically) {
-  PngTempFolder dir;
+  testutil::TempDir dir("png");
   const std::string path = dir.path + "/sheet.png";
   write_png(path, test_image(16, 8), 16, 8);
   EXPECT_EQ(read_all(path), encode_png(test_image(16, 8), 16, 8));
@@ -228,7 +217,7 @@ TEST(Preview, ContactSheetOneRowPerShotEvenlySpaced) {
 }
 
 TEST(Preview, WriteContactSheetRowsOfConsecutiveFrames) {
-  PngTempFolder dir;
+  testutil::TempDir dir("png");
   const int W = 32, H = 16;
   std::vector<std::vector<uint8_t>> frames;
   for (int i = 0; i < 6; ++i) frames.push_back(std::vector<uint8_t>(size_t(W) * H * 3, uint8_t(40 * i)));

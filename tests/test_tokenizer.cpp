@@ -1,5 +1,6 @@
 // Tokenizer: Wan's prompt clean-up (ftfy's relevant fixes, HTML unescaped twice, whitespace),
 // and SentencePiece encoding with EOS and the 512-token limit, on a tiny model trained here.
+#include "test_util.h"
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -63,8 +64,8 @@ TEST(Tokenizer, EncodesWithEosAndTruncates) {
 #ifndef MOGAGEN_HAVE_SENTENCEPIECE
   GTEST_SKIP() << "built without SentencePiece";
 #else
-  std::string t = fs::temp_directory_path().string() + "/mogagen-tok-XXXXXX";
-  const std::string dir = mkdtemp(t.data());
+  const testutil::TempDir tmp("tok");
+  const std::string& dir = tmp.path;
   std::ofstream(dir + "/corpus.txt") << caption_corpus();
   const auto st = sentencepiece::SentencePieceTrainer::Train(
       "--input=" + dir + "/corpus.txt --model_prefix=" + dir +

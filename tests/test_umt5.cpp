@@ -225,11 +225,6 @@ std::vector<int64_t> tiny_ids(int64_t L, uint32_t seed) {
   return ids;
 }
 
-std::string temp_dir() {
-  std::string t = fs::temp_directory_path().string() + "/mogagen-umt5-XXXXXX";
-  return mkdtemp(t.data());
-}
-
 }  // namespace
 
 TEST(UMT5, MatchesHostReferenceOnTinyModel) {
@@ -333,7 +328,8 @@ TEST(UMT5, VerifyComparesTheMaskedRowsWherever) {
     mask.data<int64_t>()[pad_front + i] = 1;
     for (int64_t k = 0; k < d; ++k) hs.f32()[(pad_front + i) * d + k] = float(ref[size_t(i * d + k)]);
   }
-  const std::string dir = temp_dir();
+  const testutil::TempDir tmp("umt5");
+  const std::string& dir = tmp.path;
   std::ofstream(dir + "/config.json")
       << nlohmann::json{{"vocab_size", c.vocab_size}, {"d_model", c.d_model}, {"d_kv", c.d_kv},
                         {"d_ff", c.d_ff}, {"num_layers", c.num_layers}, {"num_heads", c.num_heads},

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <system_error>
 
 #include "mogagen/tensor.h"
 
@@ -24,6 +25,18 @@ inline std::string make_tmpdir(const std::string& tag) {
   if (!mkdtemp(t.data())) std::abort();
   return t;
 }
+
+// A fresh folder (make_tmpdir) removed with everything in it at scope exit.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const std::string& tag) : path(make_tmpdir(tag)) {}
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
 
 // A CPU F32 tensor of normal random values (never zeros: they hide unwritten outputs).
 inline mg::Tensor randn(const mg::Shape& s, uint32_t seed, float scale = 1.0f) {

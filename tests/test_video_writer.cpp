@@ -1,5 +1,6 @@
 // VideoWriter: H.264/MP4 output checked with ffprobe and decoded back with ffmpeg.
 #include "e2e_util.h"
+#include "test_util.h"
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,22 +33,12 @@ using e2e::capture;
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
-struct TempFolder {
-  std::string path;
-  TempFolder() {
-    std::string t = (fs::temp_directory_path() / "mogagen-video-XXXXXX").string();
-    path = mkdtemp(t.data()) ? t : std::string();
-  }
-  ~TempFolder() {
-    std::error_code ec;
-    if (!path.empty()) fs::remove_all(path, ec);
-  }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> v;
-    for (const auto& e : fs::directory_iterator(path)) v.push_back(e.path().filename().string());
-    return v;
-  }
-};
+// The names in a folder (what a failed or finished write left there).
+std::vector<std::string> entries(const std::string& dir) {
+  std::vector<std::string> v;
+  for (const auto& e : fs::directory_iterator(dir)) v.push_back(e.path().filename().string());
+  return v;
+}
 
 // The synthetic clip: smooth gradients (red along x, green along y, blue in time) and a
 // 12x12 square moving 4 pixels right per frame. Frames [t0, t0 + n) as F32 [3, n, H, W].
@@ -148,7 +139,7 @@ TEST(VideoWriter, WithoutFfmpegSaysHowToGetVideo) {
 
 TEST(VideoWriter, WritesH264WithTagsChaptersAndExactFrames) {
   SKIP_WITHOUT_VIDEO();
-  TempFolder dir;
+  testutil::TempDir dir("video");
   const std::string out = dir.path + "/clip.mp4";
   const int W = 64, H = 48;
   VideoMeta meta;
@@ -177,7 +168,7 @@ TEST(VideoWriter, WritesH264WithTagsChaptersAndExactFrames) {
       want.insert(want.end(), b.begin(), b.end());
     }
   }
-  EXPECT_EQ(dir.entries(), std::vector<std::string>{"clip.mp4"});
+  EXPECT_EQ(entries(dir.path), std::vector<std::string>{"clip.mp4"});
 
   if (!tool_present(kFfprobe)) {
     std::cerr << "[ SKIPPED  ] ffprobe checks: " << kFfprobe << " not installed\n";
@@ -254,7 +245,7 @@ TEST(VideoWriter, WritesH264WithTagsChaptersAndExactFrames) {
 TEST(VideoWriter, StandardTagsAndNtscRate) {
   SKIP_WITHOUT_VIDEO();
   if (!tool_present(kFfprobe)) GTEST_SKIP() << kFfprobe << " not installed";
-  TempFolder dir;
+  testutil::TempDir dir("video");
   const std::string out = dir.path + "/ntsc.mp4";
   VideoMeta meta;
   meta.tags["title"] = "only standard tags";
@@ -274,7 +265,7 @@ TEST(VideoWriter, StandardTagsAndNtscRate) {
 
 TEST(VideoWriter, DestroyedWithoutFinishLeavesNothing) {
   SKIP_WITHOUT_VIDEO();
-  TempFolder dir;
+  testutil::TempDir dir("video");
   const std::string out = dir.path + "/gone.mp4";
   std::string tmp;
   {
@@ -286,7 +277,7 @@ TEST(VideoWriter, DestroyedWithoutFinishLeavesNothing) {
   }  // no finish(): as after an error or Ctrl-C
   EXPECT_FALSE(fs::exists(out));
   EXPECT_FALSE(fs::exists(tmp));
-  EXPECT_TRUE(dir.entries().empty());
+  EXPECT_TRUE(entries(dir.path).empty());
 
   // An exception while streaming: the writer unwinds and removes its file too.
   try {
@@ -296,12 +287,12 @@ TEST(VideoWriter, DestroyedWithoutFinishLeavesNothing) {
     FAIL() << "expected an error";
   } catch (const Error&) {
   }
-  EXPECT_TRUE(dir.entries().empty());
+  EXPECT_TRUE(entries(dir.path).empty());
 }
 
 TEST(VideoWriter, UnwritableFolderNamesThePath) {
   SKIP_WITHOUT_VIDEO();
-  TempFolder dir;
+  testutil::TempDir dir("video");
   std::ofstream(dir.path + "/a-file") << "x";
   std::vector<std::string> bad = {dir.path + "/no-such-folder/out.mp4",
                                   dir.path + "/a-file/out.mp4"};
@@ -325,7 +316,7 @@ TEST(VideoWriter, UnwritableFolderNamesThePath) {
 
 TEST(VideoWriter, BadArgumentsAreUsageErrors) {
   SKIP_WITHOUT_VIDEO();
-  TempFolder dir;
+  testutil::TempDir dir("video");
   const std::string out = dir.path + "/x.mp4";
   auto code_of = [&](auto make) {
     try {
@@ -350,5 +341,5 @@ TEST(VideoWriter, BadArgumentsAreUsageErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("even"), std::string::npos) << e.what();
   }
-  EXPECT_TRUE(dir.entries().empty());
+  EXPECT_TRUE(entries(dir.path).empty());
 }

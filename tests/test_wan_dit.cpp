@@ -23,21 +23,6 @@ namespace {
 
 std::string golden() { return testutil::golden_dir(); }
 
-// A fresh folder under the system temp dir, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() /
-           ("mogagen-dit-" + tag + "-" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
 // Small random weights for every expected tensor (routers when `routers`); `skip` names
 // tensors to leave out.
 std::string write_random_dit(const fs::path& dir, const WanDitConfig& c, bool routers,
@@ -233,7 +218,7 @@ TEST(WanDitConfig, BadFieldsAreInputErrors) {
 }
 
 TEST(WanDitConfig, InferFromShapes) {
-  TempDir tmp("infer");
+  testutil::TempDir tmp("dit-infer");
   WanDitConfig c;
   c.dim = 256;
   c.num_heads = 2;  // head_dim 128, as every Wan2.1 model
@@ -260,7 +245,7 @@ TEST(WanDitConfig, InferFromShapes) {
 // ---- errors --------------------------------------------------------------------------------------
 
 TEST(WanDitErrors, MogaWithoutRoutersIsAClearError) {
-  TempDir tmp("norouter");
+  testutil::TempDir tmp("dit-norouter");
   const WanDitConfig c = tiny_config(0);
   const WeightMap m = WeightMap::open(write_random_dit(tmp.path, c, false), Component::DiT);
   auto ops = make_cpu_ops();
@@ -282,7 +267,7 @@ TEST(WanDitErrors, MogaWithoutRoutersIsAClearError) {
 }
 
 TEST(WanDitErrors, PartialRoutersAreRejected) {
-  TempDir tmp("partial");
+  testutil::TempDir tmp("dit-partial");
   const WanDitConfig c = tiny_config(3);
   const std::string file = write_random_dit(
       tmp.path, c, true, {"blocks.1.self_attn.router.weight", "blocks.1.self_attn.router.bias"});
@@ -298,7 +283,7 @@ TEST(WanDitErrors, PartialRoutersAreRejected) {
 }
 
 TEST(WanDitErrors, MissingTensorsAreReportedAtOnce) {
-  TempDir tmp("missing");
+  testutil::TempDir tmp("dit-missing");
   const WanDitConfig c = tiny_config(0);
   const std::string file =
       write_random_dit(tmp.path, c, false, {"blocks.0.norm3.bias", "head.head.weight"});
@@ -316,7 +301,7 @@ TEST(WanDitErrors, MissingTensorsAreReportedAtOnce) {
 }
 
 TEST(WanDitErrors, BadInputsAreClear) {
-  TempDir tmp("inputs");
+  testutil::TempDir tmp("dit-inputs");
   const WanDitConfig c = tiny_config(0);
   const WeightMap m = WeightMap::open(write_random_dit(tmp.path, c, false), Component::DiT);
   auto ops = make_cpu_ops();
@@ -337,7 +322,7 @@ TEST(WanDitErrors, BadInputsAreClear) {
 // ---- MoGA / multi-shot behaviour ----------------------------------------------------------------
 
 TEST(WanDitMoga, RoutingStatisticsAndSharedCaption) {
-  TempDir tmp("moga");
+  testutil::TempDir tmp("dit-moga");
   const WanDitConfig c = tiny_config(3);
   const WeightMap m = WeightMap::open(write_random_dit(tmp.path, c, true), Component::DiT);
   auto ops = make_cpu_ops();

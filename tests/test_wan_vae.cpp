@@ -36,19 +36,6 @@ bool have_golden(const std::string& set) {
   GTEST_SKIP() << "golden set " << golden_vae(set)                                      \
                << " is absent (it ships with the project workspace, not with a clone)"
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("mogagen-vae-" + tag + "-" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
 using testutil::randn;
 
 // Random decoder weights for `c` (Wan names), plus an encoder tensor so that the file looks
@@ -194,7 +181,7 @@ TEST(WanVaeGolden, InferMatchesConfigJson) {
 // ---- streaming, causality, memory -----------------------------------------------------------
 
 TEST(WanVae, StreamingSinkEqualsDecodeAll) {
-  TempDir tmp("stream");
+  testutil::TempDir tmp("vae-stream");
   const WanVaeConfig c = tiny_config();
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c), Component::VAE);
   auto ops = make_cpu_ops();
@@ -219,7 +206,7 @@ TEST(WanVae, StreamingSinkEqualsDecodeAll) {
 // The decoder is causal: the first frames of a longer latent decode exactly like the
 // shorter latent on its own.
 TEST(WanVae, CausalPrefix) {
-  TempDir tmp("causal");
+  testutil::TempDir tmp("vae-causal");
   const WanVaeConfig c = tiny_config();
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c), Component::VAE);
   auto ops = make_cpu_ops();
@@ -244,7 +231,7 @@ TEST(WanVae, CausalPrefix) {
 // The cache never holds more than two frames per slot, and its size does not grow with
 // the number of latent frames.
 TEST(WanVae, CacheMemoryIsBounded) {
-  TempDir tmp("mem");
+  testutil::TempDir tmp("vae-mem");
   const WanVaeConfig c = tiny_config();
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c), Component::VAE);
   auto ops = make_cpu_ops();
@@ -268,7 +255,7 @@ TEST(WanVae, CacheMemoryIsBounded) {
 
 // A non-default shape: two up stages, one temporal, one residual block per stage.
 TEST(WanVae, OtherConfigurationDecodesAndInfers) {
-  TempDir tmp("other");
+  testutil::TempDir tmp("vae-other");
   WanVaeConfig c;
   c.base_dim = 6;
   c.dim_mult = {1, 2, 2};
@@ -354,7 +341,7 @@ TEST(WanVaeConfig, FromJsonRejectsBadValues) {
 // ---- weights --------------------------------------------------------------------------------
 
 TEST(WanVae, MissingTensorIsBadWeights) {
-  TempDir tmp("missing");
+  testutil::TempDir tmp("vae-missing");
   const WanVaeConfig c = tiny_config();
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c, {"decoder.upsamples.7.time_conv.weight"}),
                                       Component::VAE);
@@ -369,7 +356,7 @@ TEST(WanVae, MissingTensorIsBadWeights) {
 }
 
 TEST(WanVae, ConfigWeightMismatchIsBadWeights) {
-  TempDir tmp("mismatch");
+  testutil::TempDir tmp("vae-mismatch");
   const WanVaeConfig c = tiny_config();
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c), Component::VAE);
   auto ops = make_cpu_ops();
@@ -385,7 +372,7 @@ TEST(WanVae, ConfigWeightMismatchIsBadWeights) {
 }
 
 TEST(WanVae, RejectsMalformedLatent) {
-  TempDir tmp("latent");
+  testutil::TempDir tmp("vae-latent");
   const WanVaeConfig c = tiny_config();
   const WeightMap m = WeightMap::open(write_random_vae(tmp.path, c), Component::VAE);
   auto ops = make_cpu_ops();
