@@ -129,5 +129,20 @@ void scatter_add_rows(float* out, const float* x, const int64_t* dst, const int6
                       const int64_t* src, const float* w, int64_t ndst, int64_t row,
                       cudaStream_t stream);
 
+// ---- moga.cu ----------------------------------------------------------------------------------
+// Router logits [n, m] -> gid[n] (argmax, lowest index on ties), p_win[n] (softmax at gid, the
+// exponentials summed in double) and counts[m] (tokens per group; zeroed here).
+void moga_route(const float* logits, int64_t n, int m, int* gid, float* p_win,
+                unsigned long long* counts, cudaStream_t stream);
+// Stable sort of the tokens 0..n-1 by gid: order[i] = the i-th token in (group, token) order.
+// gid_sorted [n] int and iota [n] int64 are scratch; temp holds sort_by_group_temp_bytes(n, m).
+size_t sort_by_group_temp_bytes(int64_t n, int m);
+void sort_by_group(const int* gid, int* gid_sorted, int64_t* iota, int64_t* order, int64_t n,
+                   int m, void* temp, size_t temp_bytes, cudaStream_t stream);
+// out[idx[i], :] += x[i, :] * w[i] (w may be null: 1) for idx without repeats (one writer per
+// row: no atomics, deterministic).
+void scatter_rows_injective(float* out, const float* x, const int64_t* idx, const float* w,
+                            int64_t m, int64_t row, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace mg

@@ -256,6 +256,61 @@ TEST(CpuOps, GatherScatterRows) {
   EXPECT_THROW(ops->gather_rows(x, {5}), Error);
 }
 
+// Index tensors (Ops::index) give the same gathers and scatters as host lists; a repeated
+// row in a scatter's index tensor is refused (one writer per row).
+TEST(CpuOps, GatherScatterWithIndexTensors) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({6, 4}, 31);
+  const std::vector<int64_t> perm{5, 2, 0, 3};
+  const Tensor idx = ops->index(perm);
+  ASSERT_EQ(idx.dtype(), DType::I64);
+  expect_close(ops->gather_rows(x, idx), ops->gather_rows(x, perm), 1e-12);
+  const Tensor src = randn({4, 4}, 32);
+  const std::vector<float> w{0.5f, -2.0f, 1.5f, 3.0f};
+  Tensor a = randn({6, 4}, 33), b = a.clone();
+  const Tensor wt = Tensor::from_vector(w, {4});
+  ops->scatter_add_rows_(a, src, idx, &wt);
+  ops->scatter_add_rows_(b, src, perm, &w);
+  expect_close(a, b, 1e-12);
+  Tensor c = Tensor::zeros({6, 4});
+  EXPECT_THROW(ops->scatter_add_rows_(c, randn({2, 4}, 34), ops->index({1, 1})), Error);
+  EXPECT_THROW(ops->gather_rows(x, ops->index({6})), Error);
+}
+
+// route_groups: argmax with ties to the lowest index, p_win = softmax at the winner,
+// tokens stably sorted by group, group sizes; per-token host copies only when asked.
+TEST(CpuOps, RouteGroups) {
+  auto ops = make_cpu_ops();
+  const std::vector<float> l{
+      1, 1, 0,     // tie between 0 and 1 -> 0
+      0, 2, 1,     // 1
+      3, 0, 0,     // 0
+      0, 0, 0,     // three-way tie -> 0, p = 1/3
+      -1, 5, 5,    // tie between 1 and 2 -> 1
+      0, 1, 4,     // 2
+      2, 2, 2.5f,  // 2
+  };
+  const Tensor logits = Tensor::from_vector(l, {7, 3});
+  const auto r = ops->route_groups(logits, true);
+  EXPECT_EQ(r.sizes, (std::vector<int64_t>{3, 2, 2}));
+  EXPECT_EQ(r.gid, (std::vector<int>{0, 1, 0, 0, 1, 2, 2}));
+  ASSERT_EQ(r.order.dtype(), DType::I64);
+  const std::vector<int64_t> order(r.order.data<int64_t>(), r.order.data<int64_t>() + 7);
+  EXPECT_EQ(order, (std::vector<int64_t>{0, 2, 3, 1, 4, 5, 6}));
+  for (int64_t i = 0; i < 7; ++i) {
+    const int64_t t = order[i];
+    double sum = 0;
+    for (int m = 0; m < 3; ++m) sum += std::exp(double(l[t * 3 + m]) - double(l[t * 3 + r.gid[t]]));
+    EXPECT_NEAR(r.weight.f32()[i], 1.0 / sum, 1e-7) << "token " << t;
+    EXPECT_FLOAT_EQ(r.p_win[t], r.weight.f32()[i]);
+  }
+  EXPECT_NEAR(r.p_win[3], 1.0 / 3.0, 1e-7);
+  const auto quiet = ops->route_groups(logits);
+  EXPECT_TRUE(quiet.gid.empty());
+  EXPECT_TRUE(quiet.p_win.empty());
+  EXPECT_EQ(quiet.sizes, r.sizes);
+}
+
 TEST(Tensor, DtypeConversions) {
   EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.5f)), 1.5f);
   EXPECT_EQ(bf16_to_f32(0x3f80), 1.0f);

@@ -5,6 +5,8 @@
 #include "test_util.h"
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -339,6 +341,56 @@ TEST(CudaOps, GatherScatter) {
     check(b.down(dout), ho, kF32Tol, wp ? "scatter_add_rows_ weighted" : "scatter_add_rows_");
   }
   EXPECT_THROW(b.gpu->gather_rows(b.up(x), {20}), Error);
+}
+
+// Device index tensors: gathers and (repeat-free) weighted scatters as on the CPU.
+TEST(CudaOps, GatherScatterWithIndexTensors) {
+  REQUIRE_CUDA();
+  Backends b;
+  Tensor x = randn({4000, 3, 8}, 110);
+  std::vector<int64_t> perm(4000);
+  for (int64_t i = 0; i < 4000; ++i) perm[i] = (i * 2741) % 4000;  // a permutation
+  perm.resize(3000);                                                // part of one
+  std::vector<float> w(3000);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = 0.25f + 0.001f * float(i % 977);
+  const Tensor di = b.gpu->index(perm), hi = b.cpu->index(perm);
+  ASSERT_EQ(di.dtype(), DType::I64);
+  check(b.down(b.gpu->gather_rows(b.up(x), di)), b.cpu->gather_rows(x, hi), 0.0,
+        "gather_rows (device index)");
+  const Tensor src = randn({3000, 3, 8}, 111), wh = Tensor::from_vector(w, {3000});
+  const Tensor wd = b.up(wh);
+  Tensor ho = x.clone(), dout = b.up(x);
+  b.cpu->scatter_add_rows_(ho, src, hi, &wh);
+  b.gpu->scatter_add_rows_(dout, b.up(src), di, &wd);
+  check(b.down(dout), ho, kF32Tol, "scatter_add_rows_ (device index, weighted)");
+  EXPECT_THROW(b.gpu->gather_rows(b.up(x), b.up(x)), Error);  // not an index tensor
+}
+
+// Routing on the device equals the CPU's: the same group of every token (ties included),
+// the same stable order, p_win, and group sizes, at MoGA's group counts and a long length.
+TEST(CudaOps, RouteGroupsMatchesCpu) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [n, m, ties] : {std::array<int64_t, 3>{70001, 5, 0}, {70001, 20, 0}, {5000, 5, 1},
+                            {1, 3, 0}, {200000, 4, 1}}) {
+    Tensor l = randn({n, m}, uint32_t(120 + m + ties), 2.0f);
+    if (ties)  // coarse values: many rows with a tie at the top
+      for (int64_t i = 0; i < l.numel(); ++i) l.f32()[i] = std::round(l.f32()[i]);
+    const auto c = b.cpu->route_groups(l, true);
+    const auto g = b.gpu->route_groups(b.up(l), true);
+    EXPECT_EQ(g.sizes, c.sizes) << n << " x " << m;
+    EXPECT_EQ(g.gid, c.gid) << n << " x " << m;
+    // the device order, read through a gather of the token numbers (exact in float32)
+    Tensor tokens = Tensor::empty({n, 1});
+    for (int64_t i = 0; i < n; ++i) tokens.f32()[i] = float(i);
+    const Tensor go = b.down(b.gpu->gather_rows(b.up(tokens), g.order));
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < n; ++i) wrong += int64_t(go.f32()[i]) != c.order.data<int64_t>()[i];
+    EXPECT_EQ(wrong, 0) << n << " x " << m;
+    check(b.down(g.weight), c.weight, 1e-6, "route_groups weight");
+    EXPECT_LE(rel_error(Tensor::from_vector(g.p_win, {n}), Tensor::from_vector(c.p_win, {n})), 1e-6);
+    EXPECT_TRUE(b.gpu->route_groups(b.up(l)).gid.empty());
+  }
 }
 
 TEST(CudaOps, Conv3d) {

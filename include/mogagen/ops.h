@@ -97,6 +97,31 @@ class Ops {
   // out[idx[i]] += x[i] * w[i]  (w optional: 1)
   virtual void scatter_add_rows_(Tensor& out, const Tensor& x, const std::vector<int64_t>& idx,
                                  const std::vector<float>* w = nullptr) = 0;
+  // Index lists already on the backend: idx is an I64 tensor [m] from index() or from
+  // route_groups(). Same results as the overloads above.
+  virtual Tensor index(const std::vector<int64_t>& idx) = 0;  // host list -> backend I64 [m]
+  virtual Tensor gather_rows(const Tensor& x, const Tensor& idx) = 0;
+  // out[idx[i]] += x[i] * w[i], w a backend F32 [m] or null (1). idx must not repeat a row
+  // (a permutation, or part of one), so every row has one writer: race-free and
+  // deterministic. The CPU backend checks this; the CUDA backend relies on it.
+  virtual void scatter_add_rows_(Tensor& out, const Tensor& x, const Tensor& idx,
+                                 const Tensor* w = nullptr) = 0;
+
+  // ---- MoGA routing (moga-spec step 2) ----------------------------------------------------
+  // Top-1 routing of N tokens to M groups from router logits [N, M] (F32): each token's
+  // group g = argmax (ties: the lowest index) and p_win = softmax(logits)[g], the
+  // exponentials summed in double; then the tokens stably sorted by group (token order
+  // within a group). order and weight stay on the backend for gather_rows and
+  // scatter_add_rows_; the group sizes come to the host (the varlen segment lengths).
+  struct GroupRouting {
+    Tensor order;                // [N] I64: the token at each sorted position
+    Tensor weight;               // [N] F32: that token's p_win
+    std::vector<int64_t> sizes;  // [M] tokens per group
+    std::vector<int> gid;        // [N] per token, host; filled only with host_copy
+    std::vector<float> p_win;    // [N] per token, host; filled only with host_copy
+  };
+  virtual GroupRouting route_groups(const Tensor& logits, bool host_copy = false) = 0;
+
   virtual Tensor scale(const Tensor& x, float s) = 0;
 
   // ---- video / conv (VAE) --------------------------------------------------------------

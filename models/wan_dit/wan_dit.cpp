@@ -502,28 +502,12 @@ Tensor WanDit::self_attention_dense(const Tensor& q, const Tensor& k, const Tens
 }
 
 // Router (moga-spec step 2): logits = x_in W_r^T (+ b_r) in float32; p = softmax(logits);
-// g = argmax (ties: lowest index); p_win = p[g].
-MogaRouting WanDit::route(const Block& b, const Tensor& x_in) const {
-  Tensor logits = ops_.download(
-      ops_.linear(x_in, b.router_w, b.router_b.defined() ? &b.router_b : nullptr));
-  const int64_t N = x_in.dim(0), M = cfg_.moga.groups;
-  MogaRouting r;
-  r.gid.resize(N);
-  r.p_win.resize(N);
-  r.group_sizes.assign(M, 0);
-  const float* l = logits.f32();
-  for (int64_t n = 0; n < N; ++n) {
-    const float* row = l + n * M;
-    int g = 0;
-    for (int64_t m = 1; m < M; ++m)
-      if (row[m] > row[g]) g = static_cast<int>(m);
-    double sum = 0;
-    for (int64_t m = 0; m < M; ++m) sum += std::exp(double(row[m]) - double(row[g]));
-    r.gid[n] = g;
-    r.p_win[n] = static_cast<float>(1.0 / sum);
-    ++r.group_sizes[g];
-  }
-  return r;
+// g = argmax (ties: lowest index); p_win = p[g]; tokens stably sorted by group. The order
+// and weights stay on the backend; per-token ids come to the host only when asked.
+Ops::GroupRouting WanDit::route(const Block& b, const Tensor& x_in, bool host_copy) const {
+  const Tensor logits =
+      ops_.linear(x_in, b.router_w, b.router_b.defined() ? &b.router_b : nullptr);
+  return ops_.route_groups(logits, host_copy);
 }
 
 // MoGA self-attention (moga-spec): o = (o_grp + o_win + o_frm) / 3 over the same q, k, v.
@@ -535,41 +519,40 @@ Tensor WanDit::self_attention_moga(int bi, const Tensor& x_in, const Tensor& q, 
   auto heads = [&](const Tensor& t) { return t.reshape({t.dim(0), H, hd}); };
 
   // Group branch: tokens stably sorted by group id, one packed attention over the groups,
-  // scattered back weighted by p_win.
-  MogaRouting r = route(blocks_[bi], x_in);
+  // scattered back weighted by p_win (the order never leaves the backend).
+  const bool keep_ids = bi == 0;  // layer0_routing(): per-token ids for verify and tests
+  Ops::GroupRouting r = route(blocks_[bi], x_in, keep_ids);
   CuSeqlens cu{0};  // non-empty groups only
-  std::vector<int64_t> start(cfg_.moga.groups, 0);
-  int64_t at = 0;
-  for (int gi = 0; gi < cfg_.moga.groups; ++gi) {
-    start[gi] = at;
-    at += r.group_sizes[gi];
-    if (r.group_sizes[gi] > 0) cu.push_back(at);
-  }
-  std::vector<int64_t> order(N);  // stable counting sort by group id
-  for (int64_t n = 0; n < N; ++n) order[start[r.gid[n]]++] = n;
-  std::vector<float> w_grp(N);
-  for (int64_t i = 0; i < N; ++i) w_grp[i] = r.p_win[order[i]];
-  Tensor o_grp = ops_.attention_varlen(heads(ops_.gather_rows(q2, order)),
-                                       heads(ops_.gather_rows(k2, order)),
-                                       heads(ops_.gather_rows(v2, order)), cu, cu, scale);
+  for (int64_t size : r.sizes)
+    if (size > 0) cu.push_back(cu.back() + size);
+  Tensor o_grp = ops_.attention_varlen(heads(ops_.gather_rows(q2, r.order)),
+                                       heads(ops_.gather_rows(k2, r.order)),
+                                       heads(ops_.gather_rows(v2, r.order)), cu, cu, scale);
   Tensor acc = ops_.zeros({N, d});
-  ops_.scatter_add_rows_(acc, o_grp.reshape({N, d}), order, &w_grp);
+  ops_.scatter_add_rows_(acc, o_grp.reshape({N, d}), r.order, &r.weight);
 
-  // Window branch: queries of each window group, keys/values gathered separately.
-  Tensor o_win = ops_.attention_varlen(heads(ops_.gather_rows(q2, wp.q_idx)),
-                                       heads(ops_.gather_rows(k2, wp.kv_idx)),
-                                       heads(ops_.gather_rows(v2, wp.kv_idx)), wp.cu_q, wp.cu_kv,
+  // Window branch: queries of each window group, keys/values gathered separately (index
+  // lists uploaded once per forward).
+  Tensor o_win = ops_.attention_varlen(heads(ops_.gather_rows(q2, wp.q_dev)),
+                                       heads(ops_.gather_rows(k2, wp.kv_dev)),
+                                       heads(ops_.gather_rows(v2, wp.kv_dev)), wp.cu_q, wp.cu_kv,
                                        scale);
-  ops_.scatter_add_rows_(acc, o_win.reshape({N, d}), wp.q_idx);
+  ops_.scatter_add_rows_(acc, o_win.reshape({N, d}), wp.q_dev);
 
   // Frame branch: every latent frame is a contiguous segment already.
   CuSeqlens cu_f;
   for (int64_t f = 0; f <= g.F; ++f) cu_f.push_back(f * g.H * g.W);
   ops_.add_(acc, ops_.attention_varlen(q, k, v, cu_f, cu_f, scale).reshape({N, d}));
 
-  if (bi == 0) layer0_routing_ = r;
-  group_sizes_[bi] = r.group_sizes;
-  if (routing_cb_) routing_cb_(bi, r);
+  MogaRouting mr;
+  mr.group_sizes = r.sizes;
+  if (keep_ids) {
+    mr.gid = std::move(r.gid);
+    mr.p_win = std::move(r.p_win);
+    layer0_routing_ = mr;
+  }
+  group_sizes_[bi] = mr.group_sizes;
+  if (routing_cb_) routing_cb_(bi, mr);
   return ops_.scale(acc, 1.0f / 3.0f).reshape({N, H, hd});
 }
 
@@ -656,6 +639,8 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
   WindowPlan wp;
   if (mode == AttentionMode::Moga) {
     wp = window_plan(g);
+    wp.q_dev = ops_.index(wp.q_idx);
+    wp.kv_dev = ops_.index(wp.kv_idx);
     group_sizes_.assign(cfg_.num_layers, {});
   }
 

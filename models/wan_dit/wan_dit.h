@@ -57,10 +57,11 @@ struct WanDitConfig {
   void validate() const;
 };
 
-// Routing of one block for one forward.
+// Routing of one block for one forward. The per-token ids and probabilities come to the
+// host for block 0 only (layer0_routing(), verify); every block reports its group sizes.
 struct MogaRouting {
-  std::vector<int> gid;               // group id per token
-  std::vector<float> p_win;           // winning probability per token
+  std::vector<int> gid;               // group id per token (block 0 only)
+  std::vector<float> p_win;           // winning probability per token (block 0 only)
   std::vector<int64_t> group_sizes;   // tokens per group
 };
 
@@ -123,6 +124,7 @@ class WanDit {
   // Index sets of the static MoGA branches for one layout.
   struct WindowPlan {
     std::vector<int64_t> q_idx, kv_idx;
+    Tensor q_dev, kv_dev;  // the same lists on the backend (Ops::index), once per forward
     CuSeqlens cu_q, cu_kv;
   };
 
@@ -134,7 +136,7 @@ class WanDit {
   Tensor self_attention_dense(const Tensor& q, const Tensor& k, const Tensor& v);
   Tensor self_attention_moga(int block, const Tensor& x_in, const Tensor& q, const Tensor& k,
                              const Tensor& v, const Grid& g, const WindowPlan& wp);
-  MogaRouting route(const Block& b, const Tensor& x_in) const;
+  Ops::GroupRouting route(const Block& b, const Tensor& x_in, bool host_copy) const;
   Tensor cross_attention(const Block& b, int bi, const Tensor& x, const TextCache& text,
                          const Grid& g);
 

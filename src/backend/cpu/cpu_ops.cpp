@@ -12,6 +12,14 @@
 namespace mg {
 namespace {
 
+// An index tensor of the CPU backend: I64 [m] on the host.
+const int64_t* index_data(const Tensor& idx, const char* op) {
+  if (!idx.defined() || idx.dtype() != DType::I64 || !idx.device().is_cpu() || idx.ndim() != 1)
+    throw internal_error(std::string(op) + ": expected a CPU I64 [m] index tensor, got " +
+                         (idx.defined() ? idx.str() + " on " + idx.device().str() : "undefined"));
+  return idx.data<int64_t>();
+}
+
 void expect_f32(const Tensor& t, const char* op, const char* arg) {
   if (!t.defined() || t.dtype() != DType::F32 || !t.device().is_cpu())
     throw internal_error(std::string(op) + ": argument " + arg +
@@ -446,6 +454,74 @@ class CpuOps final : public Ops {
       const float* src = a + i * row;
       for (int64_t j = 0; j < row; ++j) dst[j] += src[j] * wi;
     }
+  }
+
+  Tensor index(const std::vector<int64_t>& idx) override {
+    Tensor t = Tensor::empty({static_cast<int64_t>(idx.size())}, DType::I64);
+    if (!idx.empty()) std::memcpy(t.raw(), idx.data(), idx.size() * sizeof(int64_t));
+    return t;
+  }
+
+  Tensor gather_rows(const Tensor& x, const Tensor& idx) override {
+    const int64_t* p = index_data(idx, "gather_rows");
+    return gather_rows(x, std::vector<int64_t>(p, p + idx.numel()));
+  }
+
+  void scatter_add_rows_(Tensor& out, const Tensor& x, const Tensor& idx, const Tensor* w) override {
+    const int64_t* p = index_data(idx, "scatter_add_rows_");
+    const int64_t m = idx.numel(), n = out.ndim() ? out.dim(0) : 0;
+    std::vector<uint8_t> seen(static_cast<size_t>(std::max<int64_t>(n, 0)), 0);
+    for (int64_t i = 0; i < m; ++i) {
+      if (p[i] < 0 || p[i] >= n) throw internal_error("scatter_add_rows_: index out of range");
+      if (seen[p[i]]++) throw internal_error("scatter_add_rows_: row " + std::to_string(p[i]) +
+                                             " repeats in an index tensor (one writer per row)");
+    }
+    std::vector<float> wv;
+    if (w) {
+      expect_f32(*w, "scatter_add_rows_", "w");
+      if (w->numel() != m) throw internal_error("scatter_add_rows_: w " + w->str() + " for " + idx.str());
+      wv.assign(w->f32(), w->f32() + m);
+    }
+    scatter_add_rows_(out, x, std::vector<int64_t>(p, p + m), w ? &wv : nullptr);
+  }
+
+  GroupRouting route_groups(const Tensor& logits, bool host_copy) override {
+    expect_f32(logits, "route_groups", "logits");
+    if (logits.ndim() != 2 || logits.dim(1) < 1)
+      throw internal_error("route_groups: logits must be [N, M], got " + logits.str());
+    const int64_t N = logits.dim(0), M = logits.dim(1);
+    std::vector<int> gid(static_cast<size_t>(N));
+    std::vector<float> pw(static_cast<size_t>(N));
+    GroupRouting r;
+    r.sizes.assign(static_cast<size_t>(M), 0);
+    const float* l = logits.f32();
+    for (int64_t n = 0; n < N; ++n) {
+      const float* row = l + n * M;
+      int g = 0;
+      for (int64_t m = 1; m < M; ++m)
+        if (row[m] > row[g]) g = static_cast<int>(m);
+      double sum = 0;
+      for (int64_t m = 0; m < M; ++m) sum += std::exp(double(row[m]) - double(row[g]));
+      gid[n] = g;
+      pw[n] = static_cast<float>(1.0 / sum);
+      ++r.sizes[g];
+    }
+    std::vector<int64_t> start(static_cast<size_t>(M), 0);  // stable counting sort
+    for (int64_t g = 1; g < M; ++g) start[g] = start[g - 1] + r.sizes[g - 1];
+    r.order = Tensor::empty({N}, DType::I64);
+    r.weight = Tensor::empty({N});
+    int64_t* order = r.order.data<int64_t>();
+    float* weight = r.weight.f32();
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t at = start[gid[n]]++;
+      order[at] = n;
+      weight[at] = pw[n];
+    }
+    if (host_copy) {
+      r.gid = std::move(gid);
+      r.p_win = std::move(pw);
+    }
+    return r;
   }
 
   Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* b, int pad_t_front, int pad_h,

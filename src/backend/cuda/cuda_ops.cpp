@@ -755,6 +755,88 @@ class CudaOps final : public Ops {
                            row, stream_);
   }
 
+  Tensor index(const std::vector<int64_t>& idx) override {
+    bind();
+    Tensor t = alloc({static_cast<int64_t>(idx.size())}, DType::I64);
+    if (!idx.empty()) h2d(t.raw(), idx.data(), idx.size() * sizeof(int64_t));
+    return t;
+  }
+
+  Tensor gather_rows(const Tensor& x, const Tensor& idx) override {
+    bind();
+    const Tensor xx = in_f32(x, "gather_rows", "x");
+    expect_index(idx, "gather_rows");
+    if (x.ndim() < 1) throw internal_error("gather_rows: scalar " + x.str());
+    const int64_t n = x.dim(0), row = n ? x.numel() / n : 0;
+    Shape s = x.shape();
+    s[0] = idx.numel();
+    Tensor y = alloc(s, DType::F32);
+    if (idx.numel() && row)
+      cuda::gather_rows(xx.data<float>(), idx.data<int64_t>(), y.data<float>(), idx.numel(), row,
+                        stream_);
+    return y;
+  }
+
+  void scatter_add_rows_(Tensor& out, const Tensor& x, const Tensor& idx, const Tensor* w) override {
+    bind();
+    expect_out(out, "scatter_add_rows_", "out");
+    const Tensor xx = in_f32(x, "scatter_add_rows_", "x");
+    expect_index(idx, "scatter_add_rows_");
+    if (out.ndim() < 1) throw internal_error("scatter_add_rows_: scalar " + out.str());
+    const int64_t n = out.dim(0), row = n ? out.numel() / n : 0, m = idx.numel();
+    if (x.numel() != m * row) throw internal_error("scatter_add_rows_: x " + x.str() + " into " + out.str());
+    if (w) {
+      expect_out(*w, "scatter_add_rows_", "w");
+      if (w->numel() != m) throw internal_error("scatter_add_rows_: w " + w->str() + " for " + idx.str());
+    }
+    cuda::scatter_rows_injective(out.data<float>(), xx.data<float>(), idx.data<int64_t>(),
+                                 w ? w->data<float>() : nullptr, m, row, stream_);
+  }
+
+  GroupRouting route_groups(const Tensor& logits, bool host_copy) override {
+    bind();
+    const Tensor l = in_f32(logits, "route_groups", "logits");
+    if (l.ndim() != 2 || l.dim(1) < 1 || l.dim(1) > (1 << 20))
+      throw internal_error("route_groups: logits must be [N, M], got " + logits.str());
+    const int64_t N = l.dim(0);
+    const int M = static_cast<int>(l.dim(1));
+    GroupRouting r;
+    r.order = alloc({N}, DType::I64);
+    r.weight = alloc({N}, DType::F32);
+    const size_t temp = cuda::sort_by_group_temp_bytes(N, M);
+    // scratch: gid, gid sorted (int), iota (int64), p_win (float), counts, the sort's temp
+    const size_t n4 = (static_cast<size_t>(N) * 4 + 255) / 256 * 256;
+    const size_t n8 = (static_cast<size_t>(N) * 8 + 255) / 256 * 256;
+    const size_t cnt = (sizeof(unsigned long long) * static_cast<size_t>(M) + 255) / 256 * 256;
+    auto buf = mem_->scratch(3 * n4 + n8 + cnt + temp + 256);
+    char* b = static_cast<char*>(buf.get());
+    int* gid = reinterpret_cast<int*>(b);
+    int* gid_sorted = reinterpret_cast<int*>(b + n4);
+    float* pwin = reinterpret_cast<float*>(b + 2 * n4);
+    int64_t* iota = reinterpret_cast<int64_t*>(b + 3 * n4);
+    auto* counts = reinterpret_cast<unsigned long long*>(b + 3 * n4 + n8);
+    void* tmp = b + 3 * n4 + n8 + cnt;
+    cuda::moga_route(l.data<float>(), N, M, gid, pwin, counts, stream_);
+    cuda::sort_by_group(gid, gid_sorted, iota, r.order.data<int64_t>(), N, M, tmp, temp, stream_);
+    cuda::gather_rows(pwin, r.order.data<int64_t>(), r.weight.data<float>(), N, 1, stream_);
+    std::vector<unsigned long long> c(static_cast<size_t>(M));
+    MG_CUDA_CHECK(cudaMemcpyAsync(c.data(), counts, c.size() * sizeof(c[0]), cudaMemcpyDeviceToHost,
+                                  stream_));
+    if (host_copy) {
+      r.gid.resize(static_cast<size_t>(N));
+      r.p_win.resize(static_cast<size_t>(N));
+      if (N) {
+        MG_CUDA_CHECK(cudaMemcpyAsync(r.gid.data(), gid, size_t(N) * sizeof(int),
+                                      cudaMemcpyDeviceToHost, stream_));
+        MG_CUDA_CHECK(cudaMemcpyAsync(r.p_win.data(), pwin, size_t(N) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, stream_));
+      }
+    }
+    MG_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the sizes shape the varlen call
+    r.sizes.assign(c.begin(), c.end());
+    return r;
+  }
+
   // ---- video / conv ------------------------------------------------------------------------------
 
   Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* b, int pad_t_front, int pad_h,
@@ -955,6 +1037,12 @@ class CudaOps final : public Ops {
       throw internal_error(std::string(op) + ": argument " + arg + " must be a tensor on cuda:" +
                            std::to_string(dev_) + " (use Ops::upload / Ops::weight), got " +
                            t.str() + " on " + d.str());
+  }
+  void expect_index(const Tensor& t, const char* op) const {
+    expect_dev(t, op, "idx");
+    if (t.dtype() != DType::I64 || t.ndim() != 1)
+      throw internal_error(std::string(op) + ": idx must be an I64 [m] tensor (Ops::index), got " +
+                           t.str());
   }
   void expect_out(const Tensor& t, const char* op, const char* arg) const {
     expect_dev(t, op, arg);
