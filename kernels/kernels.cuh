@@ -123,6 +123,9 @@ void transpose2d(const float* x, float* y, int64_t r, int64_t c, cudaStream_t st
 // y[i, :] = x[idx[i], :]  (idx on the device)
 void gather_rows(const float* x, const int64_t* idx, float* y, int64_t m, int64_t row,
                  cudaStream_t stream);
+// The same for 16-bit rows (bf16 bit patterns).
+void gather_rows_u16(const uint16_t* x, const int64_t* idx, uint16_t* y, int64_t m, int64_t row,
+                     cudaStream_t stream);
 // For each destination u: out[dst[u], :] += sum_{s in [ptr[u], ptr[u+1])} x[src[s], :] * w[s]
 // in increasing s (deterministic; same order as the CPU backend). w may be null (1).
 void scatter_add_rows(float* out, const float* x, const int64_t* dst, const int64_t* ptr,

@@ -52,6 +52,16 @@ __global__ void gather_rows_kernel(const float* __restrict__ x, const int64_t* _
   }
 }
 
+__global__ void gather_rows_u16_kernel(const uint16_t* __restrict__ x,
+                                       const int64_t* __restrict__ idx, uint16_t* __restrict__ y,
+                                       int64_t total, int64_t row) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / row, j = i % row;
+    y[i] = x[idx[r] * row + j];
+  }
+}
+
 __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restrict__ x,
                                    const int64_t* __restrict__ dst,
                                    const int64_t* __restrict__ ptr,
@@ -93,6 +103,14 @@ void gather_rows(const float* x, const int64_t* idx, float* y, int64_t m, int64_
   const int64_t total = m * row;
   if (total <= 0) return;
   gather_rows_kernel<<<grid_for(total, 256), 256, 0, stream>>>(x, idx, y, total, row);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void gather_rows_u16(const uint16_t* x, const int64_t* idx, uint16_t* y, int64_t m, int64_t row,
+                     cudaStream_t stream) {
+  const int64_t total = m * row;
+  if (total <= 0) return;
+  gather_rows_u16_kernel<<<grid_for(total, 256), 256, 0, stream>>>(x, idx, y, total, row);
   MG_CUDA_LAUNCH_CHECK();
 }
 

@@ -393,6 +393,46 @@ TEST(CudaOps, RouteGroupsMatchesCpu) {
   }
 }
 
+// compact(): bf16 where cuDNN takes the head size (what attention reads anyway, so the
+// result is bit-identical), float32 otherwise; bf16 rows survive a gather; the allocator
+// counts what tensors hold.
+TEST(CudaOps, CompactOperandsAndMemoryStats) {
+  REQUIRE_CUDA();
+  Backends b;
+  const int64_t n = 700, h = 4, d = 64;
+  Tensor q = randn({n, h, d}, 130), k = randn({n, h, d}, 131), v = randn({n, h, d}, 132);
+  const Tensor qd = b.up(q), kd = b.up(k), vd = b.up(v);
+  const Tensor qc = b.gpu->compact(qd), kc = b.gpu->compact(kd), vc = b.gpu->compact(vd);
+  EXPECT_EQ(qc.dtype(), DType::BF16);
+  EXPECT_EQ(b.gpu->compact(b.up(randn({10, 2, 12}, 133))).dtype(), DType::F32);  // no cuDNN
+  const CuSeqlens cu{0, 300, 700};
+  const float sc = 0.125f;
+  check(b.down(b.gpu->attention_varlen(qc, kc, vc, cu, cu, sc)),
+        b.down(b.gpu->attention_varlen(qd, kd, vd, cu, cu, sc)), 0.0, "varlen, compact operands");
+  check(b.down(b.gpu->attention(qc, kc, vc, sc)), b.down(b.gpu->attention(qd, kd, vd, sc)), 0.0,
+        "dense, compact operands");
+  std::vector<int64_t> perm(n);
+  for (int64_t i = 0; i < n; ++i) perm[i] = (i * 13) % n;
+  const Tensor gc = b.gpu->gather_rows(qc, b.gpu->index(perm));
+  EXPECT_EQ(gc.dtype(), DType::BF16);
+  check(b.down(gc), b.cpu->gather_rows(bf16_round(q), perm), 0.0, "gather_rows of bf16 rows");
+
+  const Ops::MemoryStats before = b.gpu->memory_stats();
+  b.gpu->reset_peak_memory();
+  {
+    Tensor big = b.gpu->zeros({64, 1024, 1024});  // 256 MiB
+    const Ops::MemoryStats during = b.gpu->memory_stats();
+    EXPECT_GE(during.live, before.live + (size_t(256) << 20));
+    EXPECT_GE(during.peak_live, during.live);
+    EXPECT_GE(during.reserved, during.live);
+  }
+  const Ops::MemoryStats after = b.gpu->memory_stats();
+  EXPECT_EQ(after.live, before.live);
+  EXPECT_GE(after.peak_live, before.live + (size_t(256) << 20));
+  const Ops::MemoryStats cpu = b.cpu->memory_stats();
+  EXPECT_EQ(cpu.peak_live, 0u);
+}
+
 TEST(CudaOps, Conv3d) {
   REQUIRE_CUDA();
   Backends b;

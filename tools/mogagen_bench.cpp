@@ -81,6 +81,15 @@ WanDitConfig dit_config(const std::string& m) {
   return c;
 }
 
+// Device memory of the timed runs (the allocator's own count; 0 on the CPU backend).
+void print_memory(Ops& ops, const char* what, size_t before) {
+  const Ops::MemoryStats m = ops.memory_stats();
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  std::printf("%s memory: peak %.2f GiB held by tensors (%.2f GiB of it before the run: weights "
+              "and inputs), %.2f GiB reserved\n",
+              what, double(m.peak_live) / gib, double(before) / gib, double(m.reserved) / gib);
+}
+
 int bench_dit(const Args& a, Ops& ops) {
   WanDitConfig cfg = dit_config(a.model);
   if (a.attention == "moga") cfg.moga.groups = a.groups;
@@ -97,8 +106,10 @@ int bench_dit(const Args& a, Ops& ops) {
   const double L = cfg.num_layers, T = cfg.text_len;
   const double gemm = L * (2 * N * 4 * d * d + 2 * N * 2 * d * d + 2 * N * 2 * d * f);
   double attn = L * (4 * N * N * d + 4 * N * T * d);
+  const size_t weights_bytes = ops.memory_stats().live;  // weights, text K/V, inputs
   dit.forward(x, 999.0, text, {}, mode);  // warm-up (plans, allocator)
   ops.synchronize();
+  ops.reset_peak_memory();
   std::vector<double> times;
   for (int i = 0; i < a.iters; ++i) {
     const double s = now();
@@ -121,6 +132,7 @@ int bench_dit(const Args& a, Ops& ops) {
   std::printf("dit %s %s N=%.0f: median %.3f s over %d (min %.3f)  GEMM %.1f TFLOP, attention %.1f TFLOP, %.0f TFLOP/s\n",
               a.model.c_str(), a.attention.c_str(), N, med, a.iters, times.front(), gemm / 1e12, attn / 1e12,
               (gemm + attn) / med / 1e12);
+  print_memory(ops, "dit", weights_bytes);
   return 0;
 }
 
@@ -132,6 +144,9 @@ int bench_vae(const Args& a, Ops& ops) {
   int64_t frames = 0;
   auto sink = [&](const Tensor& f) { frames += f.dim(1); };
   dec.decode(gaussian_noise({16, 2, a.height, a.width}, 3), sink);  // warm-up
+  ops.synchronize();
+  const size_t weights_bytes = ops.memory_stats().live;
+  ops.reset_peak_memory();
   frames = 0;
   const double s = now();
   dec.decode(z, sink);
@@ -139,6 +154,7 @@ int bench_vae(const Args& a, Ops& ops) {
   const double t = now() - s;
   std::printf("vae decode %d latent frames -> %lld frames %dx%d: %.3f s (%.1f frames/s)\n", a.frames,
               (long long)frames, a.width * 8, a.height * 8, t, frames / t);
+  print_memory(ops, "vae", weights_bytes);
   return 0;
 }
 

@@ -36,6 +36,20 @@ class Ops {
   virtual Tensor download(const Tensor& t) = 0;
   virtual Tensor empty(const Shape& s) = 0;  // F32 activation
   virtual Tensor zeros(const Shape& s) = 0;
+  // An attention operand [N, H, hd] (q, k or v after RoPE) in the form the backend keeps it
+  // while it waits for attention: the CPU keeps float32 (the exact reference); CUDA keeps
+  // bf16 where its fused attention takes the head size, which it would convert to anyway,
+  // so long sequences hold half the bytes. attention, attention_varlen and the index-tensor
+  // gather_rows accept either form.
+  virtual Tensor compact(const Tensor& x) { return x; }
+  // Device memory of the backend's allocator, in bytes (zeros where it does not track it).
+  struct MemoryStats {
+    size_t live = 0;       // held by tensors now
+    size_t peak_live = 0;  // the most held at once since the last reset_peak_memory()
+    size_t reserved = 0;   // live plus cached for reuse
+  };
+  virtual MemoryStats memory_stats() { return {}; }
+  virtual void reset_peak_memory() {}
 
   // ---- linear algebra ------------------------------------------------------------------
   // y[M,N] = x[M,K] . w[N,K]^T (+ b[N])   (nn.Linear)
@@ -100,6 +114,7 @@ class Ops {
   // Index lists already on the backend: idx is an I64 tensor [m] from index() or from
   // route_groups(). Same results as the overloads above.
   virtual Tensor index(const std::vector<int64_t>& idx) = 0;  // host list -> backend I64 [m]
+  // The result has x's dtype (a compact() operand stays compact).
   virtual Tensor gather_rows(const Tensor& x, const Tensor& idx) = 0;
   // out[idx[i]] += x[i] * w[i], w a backend F32 [m] or null (1). idx must not repeat a row
   // (a permutation, or part of one), so every row has one writer: race-free and

@@ -511,7 +511,7 @@ Ops::GroupRouting WanDit::route(const Block& b, const Tensor& x_in, bool host_co
 }
 
 // MoGA self-attention (moga-spec): o = (o_grp + o_win + o_frm) / 3 over the same q, k, v.
-Tensor WanDit::self_attention_moga(int bi, const Tensor& x_in, const Tensor& q, const Tensor& k,
+Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Grid& g, const WindowPlan& wp) {
   const int64_t N = g.N, H = cfg_.num_heads, hd = cfg_.head_dim(), d = cfg_.dim;
   const float scale = 1.0f / std::sqrt(float(hd));
@@ -521,23 +521,26 @@ Tensor WanDit::self_attention_moga(int bi, const Tensor& x_in, const Tensor& q, 
   // Group branch: tokens stably sorted by group id, one packed attention over the groups,
   // scattered back weighted by p_win (the order never leaves the backend).
   const bool keep_ids = bi == 0;  // layer0_routing(): per-token ids for verify and tests
-  Ops::GroupRouting r = route(blocks_[bi], x_in, keep_ids);
   CuSeqlens cu{0};  // non-empty groups only
   for (int64_t size : r.sizes)
     if (size > 0) cu.push_back(cu.back() + size);
-  Tensor o_grp = ops_.attention_varlen(heads(ops_.gather_rows(q2, r.order)),
-                                       heads(ops_.gather_rows(k2, r.order)),
-                                       heads(ops_.gather_rows(v2, r.order)), cu, cu, scale);
   Tensor acc = ops_.zeros({N, d});
-  ops_.scatter_add_rows_(acc, o_grp.reshape({N, d}), r.order, &r.weight);
+  {
+    Tensor o_grp = ops_.attention_varlen(heads(ops_.gather_rows(q2, r.order)),
+                                         heads(ops_.gather_rows(k2, r.order)),
+                                         heads(ops_.gather_rows(v2, r.order)), cu, cu, scale);
+    ops_.scatter_add_rows_(acc, o_grp.reshape({N, d}), r.order, &r.weight);
+  }
 
   // Window branch: queries of each window group, keys/values gathered separately (index
   // lists uploaded once per forward).
-  Tensor o_win = ops_.attention_varlen(heads(ops_.gather_rows(q2, wp.q_dev)),
-                                       heads(ops_.gather_rows(k2, wp.kv_dev)),
-                                       heads(ops_.gather_rows(v2, wp.kv_dev)), wp.cu_q, wp.cu_kv,
-                                       scale);
-  ops_.scatter_add_rows_(acc, o_win.reshape({N, d}), wp.q_dev);
+  {
+    Tensor o_win = ops_.attention_varlen(heads(ops_.gather_rows(q2, wp.q_dev)),
+                                         heads(ops_.gather_rows(k2, wp.kv_dev)),
+                                         heads(ops_.gather_rows(v2, wp.kv_dev)), wp.cu_q,
+                                         wp.cu_kv, scale);
+    ops_.scatter_add_rows_(acc, o_win.reshape({N, d}), wp.q_dev);
+  }
 
   // Frame branch: every latent frame is a contiguous segment already.
   CuSeqlens cu_f;
@@ -652,14 +655,23 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     auto mod = [&](int i) { return m.rows(i, i + 1); };
 
     // Self-attention.
+    // At long lengths every [N, dim] buffer counts (563,160 tokens x 5120 x 4 bytes = 11.5
+    // GB): the modulated input is released once q, k, v and the routing are made, and q,
+    // k, v wait for attention in the backend's compact form (Ops::compact: bf16 on CUDA).
     Tensor u = ops_.layer_norm_modulate(xs, mod(0), mod(1), eps);
+    Tensor v = ops_.compact(ops_.linear(u, b.sv_w, &b.sv_b).reshape({N, H, hd}));
     Tensor q = ops_.rms_norm(ops_.linear(u, b.sq_w, &b.sq_b), b.s_norm_q, eps).reshape({N, H, hd});
     Tensor k = ops_.rms_norm(ops_.linear(u, b.sk_w, &b.sk_b), b.s_norm_k, eps).reshape({N, H, hd});
-    Tensor v = ops_.linear(u, b.sv_w, &b.sv_b).reshape({N, H, hd});
+    Ops::GroupRouting routing;
+    if (mode == AttentionMode::Moga) routing = route(b, u, bi == 0);
+    u = Tensor();
     ops_.rope_(q, rcos, rsin);
     ops_.rope_(k, rcos, rsin);
-    Tensor o = mode == AttentionMode::Moga ? self_attention_moga(bi, u, q, k, v, g, wp)
+    q = ops_.compact(q);
+    k = ops_.compact(k);
+    Tensor o = mode == AttentionMode::Moga ? self_attention_moga(bi, routing, q, k, v, g, wp)
                                            : self_attention_dense(q, k, v);
+    q = k = v = Tensor();
     ops_.gated_add_(xs, ops_.linear(o.reshape({N, d}), b.so_w, &b.so_b), mod(2));
 
     // Cross-attention (no modulation, no gate).

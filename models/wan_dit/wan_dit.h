@@ -134,7 +134,8 @@ class WanDit {
   void rope_tables(const Grid& g, Tensor& cos, Tensor& sin);
   WindowPlan window_plan(const Grid& g) const;
   Tensor self_attention_dense(const Tensor& q, const Tensor& k, const Tensor& v);
-  Tensor self_attention_moga(int block, const Tensor& x_in, const Tensor& q, const Tensor& k,
+  // r: this block's routing (route()), made before the modulated input is released.
+  Tensor self_attention_moga(int block, Ops::GroupRouting& r, const Tensor& q, const Tensor& k,
                              const Tensor& v, const Grid& g, const WindowPlan& wp);
   Ops::GroupRouting route(const Block& b, const Tensor& x_in, bool host_copy) const;
   Tensor cross_attention(const Block& b, int bi, const Tensor& x, const TextCache& text,

@@ -83,6 +83,7 @@ class Allocator : public DeviceMemory, public std::enable_shared_from_this<Alloc
       void* p = it->second;
       cached_ -= it->first;
       live_ += it->first;
+      peak_ = std::max(peak_, live_);
       free_.erase(it);
       return p;
     }
@@ -112,7 +113,17 @@ class Allocator : public DeviceMemory, public std::enable_shared_from_this<Alloc
     }
     sizes_[p] = r;
     live_ += r;
+    peak_ = std::max(peak_, live_);
     return p;
+  }
+
+  Ops::MemoryStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {live_, peak_, live_ + cached_};
+  }
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    peak_ = live_;
   }
 
   void release(void* p) {
@@ -158,7 +169,7 @@ class Allocator : public DeviceMemory, public std::enable_shared_from_this<Alloc
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
   std::unordered_map<void*, size_t> sizes_;
-  size_t live_ = 0, cached_ = 0;
+  size_t live_ = 0, cached_ = 0, peak_ = 0;
 };
 
 // ---- cuBLASLt GEMM (column-major, D F32) ------------------------------------------------------
@@ -764,18 +775,34 @@ class CudaOps final : public Ops {
 
   Tensor gather_rows(const Tensor& x, const Tensor& idx) override {
     bind();
-    const Tensor xx = in_f32(x, "gather_rows", "x");
     expect_index(idx, "gather_rows");
+    const bool bf = x.dtype() == DType::BF16;  // a compact() operand stays bf16
+    const Tensor xx = bf ? x : in_f32(x, "gather_rows", "x");
+    expect_dev(xx, "gather_rows", "x");
     if (x.ndim() < 1) throw internal_error("gather_rows: scalar " + x.str());
     const int64_t n = x.dim(0), row = n ? x.numel() / n : 0;
     Shape s = x.shape();
     s[0] = idx.numel();
-    Tensor y = alloc(s, DType::F32);
-    if (idx.numel() && row)
-      cuda::gather_rows(xx.data<float>(), idx.data<int64_t>(), y.data<float>(), idx.numel(), row,
-                        stream_);
+    Tensor y = alloc(s, bf ? DType::BF16 : DType::F32);
+    if (idx.numel() && row) {
+      if (bf)
+        cuda::gather_rows_u16(xx.data<uint16_t>(), idx.data<int64_t>(), y.data<uint16_t>(),
+                              idx.numel(), row, stream_);
+      else
+        cuda::gather_rows(xx.data<float>(), idx.data<int64_t>(), y.data<float>(), idx.numel(), row,
+                          stream_);
+    }
     return y;
   }
+
+  Tensor compact(const Tensor& x) override {
+    bind();
+    if (x.ndim() == 3 && cudnn_ok(x.dim(2))) return to_bf16(x, "compact", "x");
+    return in_f32(x, "compact", "x");  // the float32 fallback attention reads float32
+  }
+
+  MemoryStats memory_stats() override { return mem_->stats(); }
+  void reset_peak_memory() override { mem_->reset_peak(); }
 
   void scatter_add_rows_(Tensor& out, const Tensor& x, const Tensor& idx, const Tensor* w) override {
     bind();
