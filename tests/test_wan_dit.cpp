@@ -365,4 +365,15 @@ TEST(WanDitMoga, RoutingStatisticsAndSharedCaption) {
   EXPECT_EQ(dit.config().moga.groups, 3);
   const Tensor e = dit.forward(x, 321.5, dit.prepare_context({cap}), shots, AttentionMode::Moga);
   EXPECT_GT(rel_error(e, a), 1e-6);
+
+  // Profiling times the parts of the forward without changing it.
+  dit.set_profiling(true);
+  const Tensor p = dit.forward(x, 321.5, dit.prepare_context({cap}), shots, AttentionMode::Moga);
+  EXPECT_EQ(rel_error(p, e), 0.0);
+  for (const char* part : {"moga routing", "moga permute", "self-attention", "cross-attention"}) {
+    ASSERT_TRUE(dit.profile().count(part)) << part;
+    EXPECT_GT(dit.profile().at(part), 0.0) << part;
+  }
+  dit.set_profiling(false);
+  EXPECT_TRUE(dit.profile().empty());
 }

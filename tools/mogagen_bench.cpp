@@ -2,7 +2,7 @@
 // and prints seconds and achieved TFLOP/s. Needs no weights, FFmpeg or SentencePiece.
 //
 //   mogagen_bench dit --model 1.3b|14b [--frames 21 --height 60 --width 104] [--attention
-//                 dense|moga --groups 5] [--iters 3] [--device cuda]
+//                 dense|moga --groups 5] [--iters 3] [--device cuda] [--profile on]
 //   mogagen_bench vae [--frames 21 --height 60 --width 104]
 //   mogagen_bench t5 [--tokens 512]
 //
@@ -29,6 +29,7 @@ namespace {
 struct Args {
   std::string what = "dit", model = "1.3b", device = "cuda", attention = "dense";
   int frames = 21, height = 60, width = 104, iters = 3, groups = 5, tokens = 512, text = 512;
+  bool profile = false;
 };
 
 std::shared_ptr<void> g_pool;
@@ -133,6 +134,24 @@ int bench_dit(const Args& a, Ops& ops) {
               a.model.c_str(), a.attention.c_str(), N, med, a.iters, times.front(), gemm / 1e12, attn / 1e12,
               (gemm + attn) / med / 1e12);
   print_memory(ops, "dit", weights_bytes);
+  if (a.profile) {
+    // One more forward with every part bracketed by a synchronize: where the step goes,
+    // and the share of MoGA's routing and permutation (issue 5).
+    dit.set_profiling(true);
+    const double s = now();
+    dit.forward(x, 400.0, text, {}, mode);
+    ops.synchronize();
+    const double total = now() - s;
+    double parts = 0;
+    std::printf("dit profile (one forward, %.3f s with the synchronizes):\n", total);
+    for (const auto& [name, sec] : dit.profile()) {
+      std::printf("  %-18s %8.3f s  %5.1f%%\n", name.c_str(), sec, 100.0 * sec / total);
+      parts += sec;
+    }
+    std::printf("  %-18s %8.3f s  %5.1f%%  (GEMMs, norms, modulation, FFN, head)\n", "everything else",
+                total - parts, 100.0 * (total - parts) / total);
+    dit.set_profiling(false);
+  }
   return 0;
 }
 
@@ -193,6 +212,7 @@ int main(int argc, char** argv) {
     else if (k == "--groups") a.groups = std::stoi(v);
     else if (k == "--tokens") a.tokens = std::stoi(v);
     else if (k == "--text") a.text = std::stoi(v);
+    else if (k == "--profile") a.profile = v == "1" || v == "on" || v == "true";
     else {
       std::fprintf(stderr, "mogagen_bench: unknown option %s\n", k.c_str());
       return 2;

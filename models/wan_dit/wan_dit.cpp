@@ -2,6 +2,7 @@
 #include "models/wan_dit/wan_dit.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <sstream>
@@ -497,7 +498,26 @@ WanDit::WindowPlan WanDit::window_plan(const Grid& g) const {
 
 // ---- attention ------------------------------------------------------------------------------
 
+namespace {
+double seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+WanDit::Section::Section(WanDit& d, const char* name) : d_(d), name_(name) {
+  if (!d_.profiling_) return;
+  d_.ops_.synchronize();
+  t0_ = seconds_now();
+}
+
+WanDit::Section::~Section() {
+  if (!d_.profiling_) return;
+  d_.ops_.synchronize();
+  d_.profile_[name_] += seconds_now() - t0_;
+}
+
 Tensor WanDit::self_attention_dense(const Tensor& q, const Tensor& k, const Tensor& v) {
+  Section s(*this, "self-attention");
   return ops_.attention(q, k, v, 1.0f / std::sqrt(float(cfg_.head_dim())));
 }
 
@@ -525,27 +545,42 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
   for (int64_t size : r.sizes)
     if (size > 0) cu.push_back(cu.back() + size);
   Tensor acc = ops_.zeros({N, d});
-  {
-    Tensor o_grp = ops_.attention_varlen(heads(ops_.gather_rows(q2, r.order)),
-                                         heads(ops_.gather_rows(k2, r.order)),
-                                         heads(ops_.gather_rows(v2, r.order)), cu, cu, scale);
-    ops_.scatter_add_rows_(acc, o_grp.reshape({N, d}), r.order, &r.weight);
-  }
+  // Each branch: gather (permute), attention, scatter back (permute); the gathered copies
+  // and the branch output are released before the next branch.
+  auto branch = [&](const Tensor& qi, const Tensor& kvi, const CuSeqlens& cq, const CuSeqlens& ck,
+                    const Tensor* w) {
+    Tensor qg, kg, vg, o;
+    {
+      Section s(*this, "moga permute");
+      qg = heads(ops_.gather_rows(q2, qi));
+      kg = heads(ops_.gather_rows(k2, kvi));
+      vg = heads(ops_.gather_rows(v2, kvi));
+    }
+    {
+      Section s(*this, "self-attention");
+      o = ops_.attention_varlen(qg, kg, vg, cq, ck, scale);
+    }
+    qg = kg = vg = Tensor();
+    Section s(*this, "moga permute");
+    ops_.scatter_add_rows_(acc, o.reshape({N, d}), qi, w);
+  };
+  branch(r.order, r.order, cu, cu, &r.weight);
 
   // Window branch: queries of each window group, keys/values gathered separately (index
   // lists uploaded once per forward).
-  {
-    Tensor o_win = ops_.attention_varlen(heads(ops_.gather_rows(q2, wp.q_dev)),
-                                         heads(ops_.gather_rows(k2, wp.kv_dev)),
-                                         heads(ops_.gather_rows(v2, wp.kv_dev)), wp.cu_q,
-                                         wp.cu_kv, scale);
-    ops_.scatter_add_rows_(acc, o_win.reshape({N, d}), wp.q_dev);
-  }
+  branch(wp.q_dev, wp.kv_dev, wp.cu_q, wp.cu_kv, nullptr);
 
   // Frame branch: every latent frame is a contiguous segment already.
   CuSeqlens cu_f;
   for (int64_t f = 0; f <= g.F; ++f) cu_f.push_back(f * g.H * g.W);
-  ops_.add_(acc, ops_.attention_varlen(q, k, v, cu_f, cu_f, scale).reshape({N, d}));
+  {
+    Tensor o_frm;
+    {
+      Section s(*this, "self-attention");
+      o_frm = ops_.attention_varlen(q, k, v, cu_f, cu_f, scale);
+    }
+    ops_.add_(acc, o_frm.reshape({N, d}));
+  }
 
   MogaRouting mr;
   mr.group_sizes = r.sizes;
@@ -642,6 +677,7 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
   WindowPlan wp;
   if (mode == AttentionMode::Moga) {
     wp = window_plan(g);
+    Section s(*this, "moga permute");
     wp.q_dev = ops_.index(wp.q_idx);
     wp.kv_dev = ops_.index(wp.kv_idx);
     group_sizes_.assign(cfg_.num_layers, {});
@@ -663,7 +699,10 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     Tensor q = ops_.rms_norm(ops_.linear(u, b.sq_w, &b.sq_b), b.s_norm_q, eps).reshape({N, H, hd});
     Tensor k = ops_.rms_norm(ops_.linear(u, b.sk_w, &b.sk_b), b.s_norm_k, eps).reshape({N, H, hd});
     Ops::GroupRouting routing;
-    if (mode == AttentionMode::Moga) routing = route(b, u, bi == 0);
+    if (mode == AttentionMode::Moga) {
+      Section s(*this, "moga routing");
+      routing = route(b, u, bi == 0);
+    }
     u = Tensor();
     ops_.rope_(q, rcos, rsin);
     ops_.rope_(k, rcos, rsin);
@@ -675,7 +714,10 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     ops_.gated_add_(xs, ops_.linear(o.reshape({N, d}), b.so_w, &b.so_b), mod(2));
 
     // Cross-attention (no modulation, no gate).
-    ops_.add_(xs, cross_attention(b, bi, xs, text, g));
+    {
+      Section s(*this, "cross-attention");
+      ops_.add_(xs, cross_attention(b, bi, xs, text, g));
+    }
 
     // FFN, tiled over tokens so the hidden [tile, ffn_dim] stays small at long lengths.
     const int64_t tile = 16384;

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -107,6 +108,17 @@ class WanDit {
   // One human-readable paragraph on the last MoGA forward's group sizes per block.
   std::string routing_report() const;
 
+  // Seconds per part of the forwards run while profiling is on, summed over the blocks:
+  // "moga routing" (router GEMM, argmax/p_win, sort), "moga permute" (index uploads,
+  // gathers into group/window order, scatters back), "self-attention" (the attention
+  // calls), "cross-attention" (the whole sub-block). Each part is bracketed by
+  // Ops::synchronize, so profiling slows the forward; turning it on clears the totals.
+  void set_profiling(bool on) {
+    profiling_ = on;
+    profile_.clear();
+  }
+  const std::map<std::string, double>& profile() const { return profile_; }
+
  private:
   struct Block {
     Tensor modulation;  // [6, dim] (f32)
@@ -152,6 +164,22 @@ class WanDit {
   // RoPE tables of the last grid (reused across steps).
   int64_t rope_key_[3] = {-1, -1, -1};
   Tensor rope_cos_, rope_sin_;
+
+  // Adds the time from construction to destruction to profile_[name] (profiling only).
+  class Section {
+   public:
+    Section(WanDit& d, const char* name);
+    ~Section();
+    Section(const Section&) = delete;
+    Section& operator=(const Section&) = delete;
+
+   private:
+    WanDit& d_;
+    const char* name_;
+    double t0_ = 0;
+  };
+  bool profiling_ = false;
+  std::map<std::string, double> profile_;
 
   MogaRouting layer0_routing_;
   std::vector<std::vector<int64_t>> group_sizes_;
