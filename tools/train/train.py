@@ -65,6 +65,18 @@ def amp(device):
     return torch.autocast("cpu", enabled=False)
 
 
+def adamw(params, lr, weight_decay, device):
+    """AdamW; on the GPU the fused single-kernel update (PyTorch 2), where the per-tensor
+    update would launch several kernels for each of the model's ~170 tensors every step."""
+    kw = dict(lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    if device.type == "cuda":
+        try:
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except (TypeError, RuntimeError):
+            pass
+    return torch.optim.AdamW(params, **kw)
+
+
 def lr_at(base, step, warmup, frac):
     """Linear warm-up, then cosine decay to 10% over the budget (frac = share used)."""
     cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
@@ -135,7 +147,7 @@ def train_vae(a, log, gen, device):
     enc = wt.ShapesEncoder(16).to(device)
     dec = wt.WanVaeDecoder(VAE_CFG).to(device)
     params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.AdamW(params, lr=a.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = adamw(params, a.vae_lr, 0.0, device)
     w, h = a.width, a.height
     step, t0, hist = 0, time.time(), []
     while True:
@@ -213,7 +225,7 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
     t5_ema = {k: v.detach().clone().float() for k, v in text.t5.state_dict().items()} if text.train else {}
     params = list(model.parameters()) + (list(text.t5.parameters()) if text.train else [])
-    opt = torch.optim.AdamW(params, lr=a.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    opt = adamw(params, a.dit_lr, 0.01, device)
     # noise and timesteps are drawn on the device (a CPU draw of the noise, copied over,
     # cost as much as the step); losses stay on the device until a log line needs them
     dgen = torch.Generator(device=device).manual_seed(a.seed * 1000 + 17)
@@ -387,6 +399,33 @@ def choose_attention(a, log, device, text):
     log(f"attention: using {impl}/{kern}")
     del model, enc
     return impl, kern
+
+
+def profile_dit(a, log, device, text):
+    """--profile-steps N: N DiT training steps (untrained encoder, throw-away weights) under
+    torch.profiler; logs the ops that take the most device time and the CPU/device totals,
+    to see whether a step is bound by kernels or by launching them."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    run = argparse.Namespace(**vars(a))
+    run.dit_steps, run.dit_preflight = a.profile_steps, False
+    t1 = time.time()
+    with profile(activities=acts) as prof:
+        train_dit(run, log, torch.Generator().manual_seed(0), device, wt.ShapesEncoder(16).to(device),
+                  torch.zeros(16, device=device), torch.ones(16, device=device), copy.deepcopy(text),
+                  probe=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    wall = time.time() - t1
+    table = None
+    for key in (("self_cuda_time_total", "self_device_time_total") if device.type == "cuda"
+                else ("self_cpu_time_total",)):
+        try:
+            table = prof.key_averages().table(sort_by=key, row_limit=25)
+            break
+        except (AttributeError, KeyError, RuntimeError):
+            continue
+    log(f"profile of {a.profile_steps} DiT steps ({wall:.2f} s wall, with the profiler):\n{table}")
 
 
 def ema_model(cfg, state, device):
@@ -571,6 +610,9 @@ def main():
     ap.add_argument("--resume", action="store_true", help="continue the DiT from its checkpoint")
     ap.add_argument("--slice-seconds", type=float, default=0,
                     help="pause the DiT after so many seconds of this call (exit 3; --resume continues)")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="before training, profile so many DiT steps (torch.profiler) and log the "
+                         "top ops by device time")
     ap.add_argument("--preflight-only", action="store_true",
                     help="run one full-size DiT step per shot layout and stop (checks the GPU path)")
     a = ap.parse_args()
@@ -615,6 +657,8 @@ def main():
             torch.cuda.synchronize()
         log(f"preflight: DiT forward and backward run (MoGA branches: {wt.MOGA_IMPL}, "
             f"masked attention: {wt.MASKED_KERNEL})")
+    if a.profile_steps and "dit" in stages:
+        profile_dit(a, log, device, text)
     if a.preflight_only:
         return 0
 
