@@ -376,4 +376,17 @@ TEST(WanDitMoga, RoutingStatisticsAndSharedCaption) {
   }
   dit.set_profiling(false);
   EXPECT_TRUE(dit.profile().empty());
+
+  // Executed attention FLOPs (4 nq nk dim per segment): dense counts every pair; MoGA
+  // counts its groups, frames and windows (the windows lie between nothing and all pairs).
+  const double L = c.num_layers, D = c.dim, T = c.text_len, cross = L * 4.0 * N * T * D;
+  dit.forward(x, 321.5, dit.prepare_context({cap}), shots, AttentionMode::Dense);
+  EXPECT_DOUBLE_EQ(dit.attention_flops(), L * 4.0 * N * N * D + cross);
+  dit.forward(x, 321.5, dit.prepare_context({cap}), shots, AttentionMode::Moga);
+  double known = cross + L * 5 * 4.0 * 12 * 12 * D;  // 5 frames of 3 x 4 tokens
+  for (const auto& sizes : dit.group_sizes())
+    for (int64_t n : sizes) known += 4.0 * double(n) * double(n) * D;
+  const double window = dit.attention_flops() - known;
+  EXPECT_GT(window, 0.0);
+  EXPECT_LE(window, L * 4.0 * N * N * D);
 }

@@ -3,22 +3,32 @@
 # minutes to start a machine: few, full calls). Run from the repository root on the GPU
 # machine, with the golden sets copied to .golden/ and carried (docs/performance.md):
 #
-#   tools/device-check.sh [--bench]
+#   tools/device-check.sh [checks] [bench] [moga] [long]      (default: checks)
 #
 # 1. unpacks the carried Debian packages (.debs/setup.sh) where the image lacks them;
 # 2. builds mogagen, mogagen_bench and mogagen_tests with CUDA into build/ (kept while the
 #    machine stays warm, so a second call only relinks);
-# 3. runs the whole test suite, GPU tests included, against .golden/;
-# 4. `mogagen verify <component> <set> --device cuda` on every golden set in .golden/;
-# 5. renders the same jobs on the CPU and the GPU (tools/check-gpu-cpu.sh);
-# 6. with --bench: the umT5 under each TF32 policy, then the 1.3B and 14B DiT and the VAE
-#    (mogagen_bench), for docs/performance.md.
+# then the parts asked for:
+#   checks  the whole test suite with the GPU tests, against .golden/; `mogagen verify
+#           <component> <set> --device cuda` on every golden set in .golden/; the same jobs
+#           rendered on the CPU and the GPU (tools/check-gpu-cpu.sh)
+#   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B and 14B DiT, the VAE
+#   moga    issue 5: dense and MoGA (M = 5) forwards at 187,200 tokens for 1.3B and 14B,
+#           with the profile of the MoGA forwards (about 5 minutes)
+#   long    issue 5: 14B MoGA at 563,160 tokens, M = 5 and M = 20, one forward each with
+#           time and peak memory (about 5 minutes)
 # The report goes to stdout and to $OUT/device-check.txt when OUT is set. The exit status
 # is the number of failed steps (0: all passed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bench=0
-[ "${1:-}" = "--bench" ] && bench=1
+parts="${*:-checks}"
+for p in $parts; do
+  case "$p" in
+    checks | bench | moga | long) ;;
+    *) echo "device-check: unknown part '$p' (expected checks, bench, moga or long)" >&2; exit 2 ;;
+  esac
+done
+want() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 report="${OUT:-/tmp}/device-check.txt"
 : >"$report"
 failed=0
@@ -47,25 +57,43 @@ if [ ! -x build/mogagen_tests ]; then
   exit "$failed"
 fi
 export MOGAGEN_GOLDEN_DIR="$PWD/.golden"
-step "test suite (GPU tests included)" bash -c "cd build && ctest --output-on-failure -j 8 --timeout 900"
-for set in .golden/*/; do
-  set=${set%/}
-  name=$(basename "$set")
-  case "$name" in
-    moga*) step "verify moga $name --device cuda" build/mogagen verify moga "$set" --device cuda ;;
-  esac
-  for comp in t5 dit vae sched; do
-    [ -d "$set/$comp" ] && step "verify $comp $name --device cuda" build/mogagen verify "$comp" "$set" --device cuda
+if want checks; then
+  step "test suite (GPU tests included)" bash -c "cd build && ctest --output-on-failure -j 8 --timeout 900"
+  for set in .golden/*/; do
+    [ -d "$set" ] || continue
+    set=${set%/}
+    name=$(basename "$set")
+    case "$name" in
+      moga*) step "verify moga $name --device cuda" build/mogagen verify moga "$set" --device cuda ;;
+    esac
+    for comp in t5 dit vae sched; do
+      if [ -d "$set/$comp" ]; then
+        step "verify $comp $name --device cuda" build/mogagen verify "$comp" "$set" --device cuda
+      fi
+    done
   done
-done
-step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
-if [ $bench = 1 ]; then
+  step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
+fi
+if want bench; then
   for policy in exact tf32-except-qk tf32; do
     step "bench umT5-XXL, MOGAGEN_T5_MATMUL=$policy" env MOGAGEN_T5_MATMUL=$policy build/mogagen_bench t5 --tokens 512
   done
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3
   step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3
   step "bench VAE" build/mogagen_bench vae
+fi
+B="build/mogagen_bench dit --frames 120 --height 60 --width 104"  # 187,200 tokens
+if want moga; then
+  for m in 1.3b 14b; do
+    step "bench DiT $m dense, 187,200 tokens" $B --model $m --attention dense --iters 1
+    step "bench DiT $m MoGA M=5, 187,200 tokens" $B --model $m --attention moga --groups 5 --iters 1 --profile on
+  done
+fi
+if want long; then
+  for g in 5 20; do
+    step "bench DiT 14b MoGA M=$g, 563,160 tokens" build/mogagen_bench dit --model 14b --frames 361 \
+      --height 60 --width 104 --attention moga --groups $g --iters 1 --warmup 0
+  done
 fi
 log "device-check: $failed step(s) failed"
 exit "$failed"

@@ -516,7 +516,15 @@ WanDit::Section::~Section() {
   d_.profile_[name_] += seconds_now() - t0_;
 }
 
+// 4 nq nk dim: the two matrix products of attention over all heads.
+void WanDit::count_attention(const CuSeqlens& cu_q, const CuSeqlens& cu_kv) {
+  for (size_t i = 0; i + 1 < cu_q.size(); ++i)
+    attention_flops_ += 4.0 * double(cu_q[i + 1] - cu_q[i]) * double(cu_kv[i + 1] - cu_kv[i]) *
+                        double(cfg_.dim);
+}
+
 Tensor WanDit::self_attention_dense(const Tensor& q, const Tensor& k, const Tensor& v) {
+  count_attention({0, q.dim(0)}, {0, k.dim(0)});
   Section s(*this, "self-attention");
   return ops_.attention(q, k, v, 1.0f / std::sqrt(float(cfg_.head_dim())));
 }
@@ -560,6 +568,7 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
       Section s(*this, "self-attention");
       o = ops_.attention_varlen(qg, kg, vg, cq, ck, scale);
     }
+    count_attention(cq, ck);
     qg = kg = vg = Tensor();
     Section s(*this, "moga permute");
     ops_.scatter_add_rows_(acc, o.reshape({N, d}), qi, w);
@@ -579,6 +588,7 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
       Section s(*this, "self-attention");
       o_frm = ops_.attention_varlen(q, k, v, cu_f, cu_f, scale);
     }
+    count_attention(cu_f, cu_f);
     ops_.add_(acc, o_frm.reshape({N, d}));
   }
 
@@ -607,6 +617,7 @@ Tensor WanDit::cross_attention(const Block& b, int bi, const Tensor& x, const Te
   const int S = static_cast<int>(g.shot_f0.size()) - 1;
   if (text.shots == 1) {
     o = ops_.attention(q, text.k[bi], text.v[bi], scale);
+    count_attention({0, N}, {0, text.k[bi].dim(0)});
   } else {
     CuSeqlens cu_q, cu_kv;
     for (int s = 0; s <= S; ++s) {
@@ -614,6 +625,7 @@ Tensor WanDit::cross_attention(const Block& b, int bi, const Tensor& x, const Te
       cu_kv.push_back(int64_t(s) * text.rows_per_shot);
     }
     o = ops_.attention_varlen(q, text.k[bi], text.v[bi], cu_q, cu_kv, scale);
+    count_attention(cu_q, cu_kv);
   }
   return ops_.linear(o.reshape({N, int64_t(cfg_.dim)}), b.co_w, &b.co_b);
 }
@@ -682,6 +694,8 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     wp.kv_dev = ops_.index(wp.kv_idx);
     group_sizes_.assign(cfg_.num_layers, {});
   }
+
+  attention_flops_ = 0;
 
   // Blocks (step 4).
   for (int bi = 0; bi < cfg_.num_layers; ++bi) {

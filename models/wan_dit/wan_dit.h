@@ -118,6 +118,9 @@ class WanDit {
     profile_.clear();
   }
   const std::map<std::string, double>& profile() const { return profile_; }
+  // Attention FLOPs the last forward executed (4 nq nk dim per attended segment, self- and
+  // cross-attention over all blocks): what MoGA's routing left to compute.
+  double attention_flops() const { return attention_flops_; }
 
  private:
   struct Block {
@@ -178,6 +181,8 @@ class WanDit {
     const char* name_;
     double t0_ = 0;
   };
+  void count_attention(const CuSeqlens& cu_q, const CuSeqlens& cu_kv);
+  double attention_flops_ = 0;
   bool profiling_ = false;
   std::map<std::string, double> profile_;
 
