@@ -6,6 +6,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -35,6 +36,12 @@ class DeviceMemory {
   virtual ~DeviceMemory() = default;
   virtual std::shared_ptr<void> scratch(size_t bytes) = 0;
 };
+
+// Blocks for a grid-stride loop over `work` items (at least 1, at most 2^20).
+inline unsigned grid_for(int64_t work, int threads) {
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, 1 << 20)));
+}
 
 // ---- elementwise.cu ---------------------------------------------------------------------------
 enum class Unary { GeluTanh, Silu, Scale, Clamp };

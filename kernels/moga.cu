@@ -12,11 +12,6 @@ namespace mg {
 namespace cuda {
 namespace {
 
-inline unsigned grid_for(int64_t work, int threads) {
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, 1 << 20)));
-}
-
 // One thread per token: g = first index of the maximum logit; p_win = 1 / sum_m
 // exp(l_m - l_g), summed in double as the CPU reference does; counts[g] += 1.
 __global__ void route_kernel(const float* __restrict__ logits, int64_t n, int m,

@@ -9,11 +9,6 @@ namespace mg {
 namespace cuda {
 namespace {
 
-inline unsigned grid_for(int64_t work, int threads) {
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, 1 << 20)));
-}
-
 __global__ void upsample2x_kernel(const float* __restrict__ x, float* __restrict__ y,
                                   int64_t total, int64_t h, int64_t w) {
   const int64_t w2 = 2 * w, h2 = 2 * h;
@@ -43,8 +38,9 @@ __global__ void transpose_kernel(const float* __restrict__ x, float* __restrict_
   }
 }
 
-__global__ void gather_rows_kernel(const float* __restrict__ x, const int64_t* __restrict__ idx,
-                                   float* __restrict__ y, int64_t total, int64_t row) {
+template <class T>
+__global__ void gather_rows_kernel(const T* __restrict__ x, const int64_t* __restrict__ idx,
+                                   T* __restrict__ y, int64_t total, int64_t row) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / row, j = i % row;
@@ -52,14 +48,13 @@ __global__ void gather_rows_kernel(const float* __restrict__ x, const int64_t* _
   }
 }
 
-__global__ void gather_rows_u16_kernel(const uint16_t* __restrict__ x,
-                                       const int64_t* __restrict__ idx, uint16_t* __restrict__ y,
-                                       int64_t total, int64_t row) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / row, j = i % row;
-    y[i] = x[idx[r] * row + j];
-  }
+template <class T>
+void launch_gather(const T* x, const int64_t* idx, T* y, int64_t m, int64_t row,
+                   cudaStream_t stream) {
+  const int64_t total = m * row;
+  if (total <= 0) return;
+  gather_rows_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(x, idx, y, total, row);
+  MG_CUDA_LAUNCH_CHECK();
 }
 
 __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restrict__ x,
@@ -100,18 +95,12 @@ void transpose2d(const float* x, float* y, int64_t r, int64_t c, cudaStream_t st
 
 void gather_rows(const float* x, const int64_t* idx, float* y, int64_t m, int64_t row,
                  cudaStream_t stream) {
-  const int64_t total = m * row;
-  if (total <= 0) return;
-  gather_rows_kernel<<<grid_for(total, 256), 256, 0, stream>>>(x, idx, y, total, row);
-  MG_CUDA_LAUNCH_CHECK();
+  launch_gather(x, idx, y, m, row, stream);
 }
 
 void gather_rows_u16(const uint16_t* x, const int64_t* idx, uint16_t* y, int64_t m, int64_t row,
                      cudaStream_t stream) {
-  const int64_t total = m * row;
-  if (total <= 0) return;
-  gather_rows_u16_kernel<<<grid_for(total, 256), 256, 0, stream>>>(x, idx, y, total, row);
-  MG_CUDA_LAUNCH_CHECK();
+  launch_gather(x, idx, y, m, row, stream);
 }
 
 void scatter_add_rows(float* out, const float* x, const int64_t* dst, const int64_t* ptr,
