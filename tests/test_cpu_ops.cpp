@@ -69,6 +69,12 @@ TEST(CpuOps, LinearMatchesNaive) {
   EXPECT_EQ(y.shape(), (Shape{7, 1, 5}));
 }
 
+TEST(CpuOps, LinearGeluIsTheComposition) {
+  auto ops = make_cpu_ops();
+  Tensor x = randn({9, 16}, 60), w = randn({24, 16}, 61), b = randn({24}, 62);
+  expect_close(ops->linear_gelu(x, w, &b), ops->gelu_tanh(ops->linear(x, w, &b)), 1e-12);
+}
+
 TEST(CpuOps, AttentionWithBiasMatchesNaive) {
   auto ops = make_cpu_ops();
   Tensor q = randn({9, 3, 8}, 4), k = randn({11, 3, 8}, 5), v = randn({11, 3, 8}, 6);

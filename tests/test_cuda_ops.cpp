@@ -149,6 +149,32 @@ TEST(CudaOps, LinearF32) {
   }
 }
 
+// The FFN's first layer: bias and tanh-GELU in cuBLASLt's epilogue, bf16 out; the same
+// values as the float32 composition up to bf16 rounding, and the composition for F32
+// weights.
+TEST(CudaOps, LinearGelu) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [m, k, n] : {std::array<int64_t, 3>{300, 256, 1024}, {77, 64, 200}, {16384, 128, 384}}) {
+    Tensor x = randn({m, k}, 140), w = randn({n, k}, 141, 0.1f), bias = randn({n}, 142);
+    const Tensor ref = b.cpu->gelu_tanh(b.cpu->linear(bf16_round(x), bf16_round(w), &bias));
+    const Tensor wd = b.gpu->weight(w), bd = b.gpu->weight(bias, true);
+    const Tensor y = b.gpu->linear_gelu(b.up(x), wd, &bd);
+    EXPECT_EQ(y.dtype(), DType::BF16) << "no cuBLASLt GELU epilogue: the composition ran";
+    EXPECT_EQ(y.shape(), (Shape{m, n}));
+    check(b.down(y), ref, kBf16Tol, "linear_gelu bf16 epilogue");
+    check(b.down(y), b.down(b.gpu->gelu_tanh(b.gpu->linear(b.up(x), wd, &bd))), 5e-3,
+          "linear_gelu vs GPU composition");
+    const Tensor no_bias = b.gpu->linear_gelu(b.up(x), wd, nullptr);
+    check(b.down(no_bias), b.cpu->gelu_tanh(b.cpu->linear(bf16_round(x), bf16_round(w), nullptr)),
+          kBf16Tol, "linear_gelu without bias");
+  }
+  Tensor x = randn({40, 32}, 143), w = randn({48, 32}, 144, 0.1f);
+  const Tensor y = b.gpu->linear_gelu(b.up(x), b.gpu->weight(w, true), nullptr);
+  EXPECT_EQ(y.dtype(), DType::F32);  // float32 weights: the exact composition
+  check(b.down(y), b.cpu->gelu_tanh(b.cpu->linear(x, w, nullptr)), kF32Tol, "linear_gelu f32");
+}
+
 TEST(CudaOps, Elementwise) {
   REQUIRE_CUDA();
   Backends b;

@@ -54,6 +54,12 @@ class Ops {
   // ---- linear algebra ------------------------------------------------------------------
   // y[M,N] = x[M,K] . w[N,K]^T (+ b[N])   (nn.Linear)
   virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b) = 0;
+  // gelu_tanh(linear(x, w, b)) for a hidden layer that only feeds another linear (the FFN):
+  // CUDA runs the bias and the tanh-GELU in cuBLASLt's epilogue and returns bf16 (what the
+  // next GEMM reads), never writing the float32 hidden; the CPU returns the composition.
+  virtual Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor* b) {
+    return gelu_tanh(linear(x, w, b));
+  }
   // How linear() multiplies F32 weights from now on. Exact: float32 products (the default).
   // Tf32: TF32 tensor cores where the backend has them (10-bit mantissa products, float32
   // accumulation, as the VAE's convolutions); the CPU backend stays exact. Returns the
@@ -69,7 +75,7 @@ class Ops {
   virtual Tensor add(const Tensor& a, const Tensor& b) = 0;       // same numel
   virtual void add_(Tensor& a, const Tensor& b) = 0;              // a += b
   virtual Tensor mul(const Tensor& a, const Tensor& b) = 0;       // same numel
-  virtual Tensor gelu_tanh(const Tensor& x) = 0;
+  virtual Tensor gelu_tanh(const Tensor& x) = 0;  // 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
   virtual Tensor silu(const Tensor& x) = 0;
   // a += y * gate[D] (row broadcast), a,y: [N, D]
   virtual void gated_add_(Tensor& a, const Tensor& y, const Tensor& gate) = 0;

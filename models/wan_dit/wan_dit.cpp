@@ -737,8 +737,9 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     const int64_t tile = 16384;
     for (int64_t r0 = 0; r0 < N; r0 += tile) {
       Tensor xr = N <= tile ? xs : xs.rows(r0, std::min(N, r0 + tile));
-      Tensor h = ops_.gelu_tanh(
-          ops_.linear(ops_.layer_norm_modulate(xr, mod(3), mod(4), eps), b.ffn1_w, &b.ffn1_b));
+      // the hidden [tile, ffn_dim] never exists in float32 on CUDA (Ops::linear_gelu)
+      Tensor h = ops_.linear_gelu(ops_.layer_norm_modulate(xr, mod(3), mod(4), eps), b.ffn1_w,
+                                  &b.ffn1_b);
       ops_.gated_add_(xr, ops_.linear(h, b.ffn2_w, &b.ffn2_b), mod(5));
     }
   }

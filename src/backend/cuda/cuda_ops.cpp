@@ -188,6 +188,11 @@ struct GemmArgs {
   bool tf32 = false;               // F32 inputs on TF32 tensor cores (fp32 accumulation)
 };
 
+// D = GELU_tanh(A B + bias) in bf16 through cuBLASLt's epilogue (bf16 A and B only).
+struct GeluBf16Out {
+  uint16_t* d = nullptr;
+};
+
 int align_of(const void* p) {
   const uintptr_t v = reinterpret_cast<uintptr_t>(p);
   int a = 256;
@@ -217,14 +222,7 @@ class Gemm {
       if (g.bias) add_bias(g);
       return;
     }
-    const Key key{int64_t(g.ta),        int64_t(g.tb),         g.m,
-                  g.n,                  g.k,                   g.lda,
-                  g.ldb,                g.ldc,                 int64_t(g.ab),
-                  g.bias != nullptr,    align_of(g.a),         align_of(g.b),
-                  align_of(g.c),        g.bias ? align_of(g.bias) : 0, int64_t(g.tf32)};
-    auto it = cache_.find(key);
-    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g)).first;
-    Entry& e = it->second;
+    Entry& e = entry(g, false);
     const float one = 1.0f, zero = 0.0f;
     if (e.ok) {
       if (g.bias)
@@ -242,7 +240,26 @@ class Gemm {
   }
 
  private:
-  using Key = std::array<int64_t, 15>;
+  // The gelu epilogue with bf16 output (GeluBf16Out). Returns false, having done nothing,
+  // when cuBLASLt has no algorithm for it: the caller then runs the composition.
+ public:
+  bool run_gelu_bf16(const GemmArgs& g, GeluBf16Out out) {
+    if (g.m <= 0 || g.n <= 0 || g.k <= 0 || g.ab != CUDA_R_16BF) return false;
+    GemmArgs h = g;
+    h.c = reinterpret_cast<float*>(out.d);  // only its address (alignment, pointer) is used
+    Entry& e = entry(h, true);
+    if (!e.ok) return false;
+    const float one = 1.0f, zero = 0.0f;
+    if (g.bias)
+      MG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                     &g.bias, sizeof(g.bias)));
+    MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, out.d, e.c, out.d,
+                                   e.c, &e.algo, ws_, ws_bytes_, stream_));
+    return true;
+  }
+
+ private:
+  using Key = std::array<int64_t, 16>;
   struct Entry {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -263,23 +280,43 @@ class Gemm {
     return g.tf32 && g.ab == CUDA_R_32F ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   }
 
-  Entry make_entry(const GemmArgs& g) {
+  Entry& entry(const GemmArgs& g, bool gelu_bf16) {
+    const Key key{int64_t(g.ta),        int64_t(g.tb),         g.m,
+                  g.n,                  g.k,                   g.lda,
+                  g.ldb,                g.ldc,                 int64_t(g.ab),
+                  g.bias != nullptr,    align_of(g.a),         align_of(g.b),
+                  align_of(g.c),        g.bias ? align_of(g.bias) : 0, int64_t(g.tf32),
+                  int64_t(gelu_bf16)};
+    auto it = cache_.find(key);
+    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g, gelu_bf16)).first;
+    return it->second;
+  }
+
+  Entry make_entry(const GemmArgs& g, bool gelu_bf16) {
     Entry e;
     MG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, compute_type(g), CUDA_R_32F));
     MG_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &g.ta, sizeof(g.ta)));
     MG_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSB, &g.tb, sizeof(g.tb)));
-    if (g.bias) {
-      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    if (g.bias || gelu_bf16) {
+      const cublasLtEpilogue_t epi =
+          gelu_bf16 ? (g.bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
+                    : CUBLASLT_EPILOGUE_BIAS;
       MG_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-      // bias type defaults to D's type (F32)
+      // the bias stays float32 (its type would default to D's: bf16 in the gelu mode); a
+      // cuBLASLt that refuses leaves the entry without an algorithm (the caller falls back)
+      const cudaDataType_t bt32 = CUDA_R_32F;
+      if (g.bias && cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                   &bt32, sizeof(bt32)) != CUBLAS_STATUS_SUCCESS)
+        return e;
     }
     const bool at = g.ta != CUBLAS_OP_N, bt = g.tb != CUBLAS_OP_N;
     MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, g.ab, at ? g.k : g.m, at ? g.m : g.k, g.lda));
     MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, g.ab, bt ? g.n : g.k, bt ? g.k : g.n, g.ldb));
-    MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, CUDA_R_32F, g.m, g.n, g.ldc));
+    MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, gelu_bf16 ? CUDA_R_16BF : CUDA_R_32F, g.m,
+                                               g.n, g.ldc));
 
     cublasLtMatmulPreference_t pref = nullptr;
     MG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -483,6 +520,40 @@ class CudaOps final : public Ops {
     g.b = xin.raw();
     gemm_->run(g);
     return y;
+  }
+
+  Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor* b) override {
+    bind();
+    expect_dev(x, "linear_gelu", "x");
+    expect_dev(w, "linear_gelu", "w");
+    if (w.dtype() == DType::BF16 && w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1)) {
+      const int64_t n = w.dim(0), k = w.dim(1), m = x.numel() / k;
+      Tensor bias;
+      if (b) {
+        bias = in_f32(*b, "linear_gelu", "b");
+        if (bias.numel() != n) throw internal_error("linear_gelu: bias " + b->str() + " for " + w.str());
+      }
+      Shape os = x.shape();
+      os.back() = n;
+      Tensor y = alloc(os, DType::BF16);
+      if (m == 0) return y;
+      const Tensor xin = to_bf16(x, "linear_gelu", "x");
+      GemmArgs g;
+      g.ta = CUBLAS_OP_T;
+      g.tb = CUBLAS_OP_N;
+      g.m = n;
+      g.n = m;
+      g.k = k;
+      g.lda = k;
+      g.ldb = k;
+      g.ldc = n;
+      g.ab = CUDA_R_16BF;
+      g.bias = b ? bias.data<float>() : nullptr;
+      g.a = w.raw();
+      g.b = xin.raw();
+      if (gemm_->run_gelu_bf16(g, GeluBf16Out{y.data<uint16_t>()})) return y;
+    }
+    return gelu_tanh(linear(x, w, b));  // float32 weights, or no cuBLASLt algorithm
   }
 
   // ---- elementwise -------------------------------------------------------------------------------
