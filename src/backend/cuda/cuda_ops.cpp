@@ -488,23 +488,10 @@ class CudaOps final : public Ops {
     Shape os = x.shape();
     os.back() = n;
     Tensor y = alloc(os, DType::F32);
-    Tensor bias;
-    if (b) {
-      bias = in_f32(*b, "linear", "b");
-      if (bias.numel() != n) throw internal_error("linear: bias " + b->str() + " for " + w.str());
-    }
+    const Tensor bias = linear_bias(b, w, "linear");
     if (m == 0) return y;
-    GemmArgs g;
-    g.ta = CUBLAS_OP_T;
-    g.tb = CUBLAS_OP_N;
-    g.m = n;
-    g.n = m;
-    g.k = k;
-    g.lda = k;
-    g.ldb = k;
+    GemmArgs g = linear_gemm(w, m, bias);
     g.c = y.data<float>();
-    g.ldc = n;
-    g.bias = b ? bias.data<float>() : nullptr;
     Tensor xin;
     if (w.dtype() == DType::BF16) {
       xin = to_bf16(x, "linear", "x");
@@ -527,28 +514,15 @@ class CudaOps final : public Ops {
     expect_dev(x, "linear_gelu", "x");
     expect_dev(w, "linear_gelu", "w");
     if (w.dtype() == DType::BF16 && w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1)) {
-      const int64_t n = w.dim(0), k = w.dim(1), m = x.numel() / k;
-      Tensor bias;
-      if (b) {
-        bias = in_f32(*b, "linear_gelu", "b");
-        if (bias.numel() != n) throw internal_error("linear_gelu: bias " + b->str() + " for " + w.str());
-      }
+      const int64_t m = x.numel() / w.dim(1);
+      const Tensor bias = linear_bias(b, w, "linear_gelu");
       Shape os = x.shape();
-      os.back() = n;
+      os.back() = w.dim(0);
       Tensor y = alloc(os, DType::BF16);
       if (m == 0) return y;
       const Tensor xin = to_bf16(x, "linear_gelu", "x");
-      GemmArgs g;
-      g.ta = CUBLAS_OP_T;
-      g.tb = CUBLAS_OP_N;
-      g.m = n;
-      g.n = m;
-      g.k = k;
-      g.lda = k;
-      g.ldb = k;
-      g.ldc = n;
+      GemmArgs g = linear_gemm(w, m, bias);
       g.ab = CUDA_R_16BF;
-      g.bias = b ? bias.data<float>() : nullptr;
       g.a = w.raw();
       g.b = xin.raw();
       if (gemm_->run_gelu_bf16(g, GeluBf16Out{y.data<uint16_t>()})) return y;
@@ -1135,6 +1109,29 @@ class CudaOps final : public Ops {
       throw internal_error(std::string(op) + ": argument " + arg + " must be a tensor on cuda:" +
                            std::to_string(dev_) + " (use Ops::upload / Ops::weight), got " +
                            t.str() + " on " + d.str());
+  }
+  // nn.Linear's bias [n] as a float32 device tensor (undefined without one).
+  Tensor linear_bias(const Tensor* b, const Tensor& w, const char* op) {
+    if (!b) return Tensor();
+    Tensor bias = in_f32(*b, op, "b");
+    if (bias.numel() != w.dim(0))
+      throw internal_error(std::string(op) + ": bias " + b->str() + " for " + w.str());
+    return bias;
+  }
+  // y[m, n] = x[m, k] w[n, k]^T (+ bias) as a column-major GEMM: D[n, m] = W^T-op X.
+  static GemmArgs linear_gemm(const Tensor& w, int64_t m, const Tensor& bias) {
+    const int64_t n = w.dim(0), k = w.dim(1);
+    GemmArgs g;
+    g.ta = CUBLAS_OP_T;
+    g.tb = CUBLAS_OP_N;
+    g.m = n;
+    g.n = m;
+    g.k = k;
+    g.lda = k;
+    g.ldb = k;
+    g.ldc = n;
+    g.bias = bias.defined() ? bias.data<float>() : nullptr;
+    return g;
   }
   void expect_index(const Tensor& t, const char* op) const {
     expect_dev(t, op, "idx");
