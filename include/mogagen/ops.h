@@ -117,6 +117,7 @@ class Ops {
   // out[idx[i]] += x[i] * w[i]  (w optional: 1)
   virtual void scatter_add_rows_(Tensor& out, const Tensor& x, const std::vector<int64_t>& idx,
                                  const std::vector<float>* w = nullptr) = 0;
+  virtual Tensor scale(const Tensor& x, float s) = 0;
   // Index lists already on the backend: idx is an I64 tensor [m] from index() or from
   // route_groups(). Same results as the overloads above.
   virtual Tensor index(const std::vector<int64_t>& idx) = 0;  // host list -> backend I64 [m]
@@ -142,8 +143,6 @@ class Ops {
     std::vector<float> p_win;    // [N] per token, host; filled only with host_copy
   };
   virtual GroupRouting route_groups(const Tensor& logits, bool host_copy = false) = 0;
-
-  virtual Tensor scale(const Tensor& x, float s) = 0;
 
   // ---- video / conv (VAE) --------------------------------------------------------------
   // 3D convolution (cross-correlation), x [Cin, T, H, W], w [Cout, Cin, kt, kh, kw], b [Cout]
