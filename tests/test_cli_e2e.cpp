@@ -86,23 +86,17 @@ TEST_F(CliE2E, DecodedFramesMatchEngineFrames) {
   ASSERT_EQ(dec.code, 0);
   std::ifstream f(raw_engine, std::ios::binary);
   std::string eng((std::istreambuf_iterator<char>(f)), {});
-  std::vector<int> a;
+  std::vector<uint8_t> a;
   for (size_t p = 0; p < dec.out.size();) {
     while (p < dec.out.size() && (dec.out[p] == ' ' || dec.out[p] == '\n')) ++p;
     if (p >= dec.out.size()) break;
-    a.push_back(std::atoi(dec.out.c_str() + p));
+    a.push_back(uint8_t(std::atoi(dec.out.c_str() + p)));
     while (p < dec.out.size() && dec.out[p] != '\n') ++p;
   }
   ASSERT_EQ(a.size(), eng.size());
   ASSERT_EQ(eng.size(), size_t(5 * 128 * 96 * 3));
-  double mse = 0;
-  for (size_t i = 0; i < eng.size(); ++i) {
-    const double d = double(a[i]) - double(uint8_t(eng[i]));
-    mse += d * d;
-  }
-  mse /= eng.size();
-  const double psnr = mse == 0 ? 99 : 10 * std::log10(255.0 * 255.0 / mse);
-  EXPECT_GE(psnr, 35.0) << "mse " << mse;
+  const double psnr = testutil::psnr8(a, std::vector<uint8_t>(eng.begin(), eng.end()));
+  EXPECT_GE(psnr, 35.0);
 }
 
 TEST_F(CliE2E, ShotListGivesChaptersAndMetadata) {

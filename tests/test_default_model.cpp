@@ -143,13 +143,7 @@ TEST_F(DefaultModel, CpuAndGpuAgree) {
   const Render a = render(model_, args, "cpu", "cpu");
   const Render b = render(model_, args, "gpu", "cuda");
   ASSERT_EQ(a.clip.rgb.size(), b.clip.rgb.size());
-  double se = 0;
-  for (size_t k = 0; k < a.clip.rgb.size(); ++k) {
-    const double d = double(a.clip.rgb[k]) - double(b.clip.rgb[k]);
-    se += d * d;
-  }
-  const double mse = se / double(a.clip.rgb.size());
-  const double psnr = mse > 0 ? 10 * std::log10(255.0 * 255.0 / mse) : 99;
+  const double psnr = testutil::psnr8(a.clip.rgb, b.clip.rgb);
   std::printf("CPU vs GPU PSNR: %.2f dB\n", psnr);
   EXPECT_GE(psnr, 30.0);
 }

@@ -2,11 +2,14 @@
 #pragma once
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "mogagen/tensor.h"
 
@@ -37,6 +40,17 @@ struct TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 };
+
+// PSNR in dB between two 8-bit images or videos of the same size (99 when identical).
+inline double psnr8(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  double mse = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = double(a[i]) - double(b[i]);
+    mse += d * d;
+  }
+  mse /= double(a.size());
+  return mse == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 / mse);
+}
 
 // A CPU F32 tensor of normal random values (never zeros: they hide unwritten outputs).
 inline mg::Tensor randn(const mg::Shape& s, uint32_t seed, float scale = 1.0f) {

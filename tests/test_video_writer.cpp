@@ -63,15 +63,7 @@ Tensor pattern(int64_t t0, int64_t n, int H, int W) {
   return t;
 }
 
-double psnr(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
-  double mse = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = double(a[i]) - double(b[i]);
-    mse += d * d;
-  }
-  mse /= double(a.size());
-  return mse == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 / mse);
-}
+using testutil::psnr8;
 
 nlohmann::json probe(const std::string& file) {
   int code = 0;
@@ -231,14 +223,14 @@ TEST(VideoWriter, WritesH264WithTagsChaptersAndExactFrames) {
   ASSERT_EQ(code, 0);
   ASSERT_EQ(raw.size(), want.size()) << "decoded a different number of frames";
   const std::vector<uint8_t> got(raw.begin(), raw.end());
-  const double db = psnr(got, want);
+  const double db = psnr8(got, want);
   EXPECT_GE(db, 35.0);
   std::cerr << "[   INFO   ] decoded PSNR " << db << " dB\n";
   for (int k = 0; k < 10; ++k) {  // every frame on its own, so none is swapped or repeated
     const size_t per = size_t(W) * H * 3;
     const std::vector<uint8_t> a(got.begin() + k * per, got.begin() + (k + 1) * per),
         b(want.begin() + k * per, want.begin() + (k + 1) * per);
-    EXPECT_GE(psnr(a, b), 30.0) << "frame " << k;
+    EXPECT_GE(psnr8(a, b), 30.0) << "frame " << k;
   }
 }
 
