@@ -142,7 +142,7 @@ TEST(CudaOps, LinearF32) {
     EXPECT_EQ(b.gpu->set_f32_matmul(Ops::F32Matmul::Tf32), Ops::F32Matmul::Exact);
     const double e = check(b.down(b.gpu->linear(b.up(x), wd, &bd)), b.cpu->linear(x, w, &bias),
                            kTf32Tol, "linear f32 (TF32 on)");
-    if (k >= 256) {
+    if (k >= 256 && m >= 16) {  // (cuBLAS runs m = 1 as an exact float32 GEMV: seen on the H200)
       EXPECT_GT(e, 1e-6) << "TF32 mode ran exact float32";
     }
     EXPECT_EQ(b.gpu->set_f32_matmul(Ops::F32Matmul::Exact), Ops::F32Matmul::Tf32);

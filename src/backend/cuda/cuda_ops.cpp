@@ -184,7 +184,8 @@ struct GemmArgs {
   float* c = nullptr;
   int64_t ldc = 0;
   cudaDataType_t ab = CUDA_R_32F;  // CUDA_R_16BF (fp32 accumulate) or CUDA_R_32F (no TF32)
-  const float* bias = nullptr;     // [m], added to every column (epilogue)
+  const void* bias = nullptr;      // [m], added to every column (epilogue)
+  cudaDataType_t bias_type = CUDA_R_32F;  // CUDA_R_16BF only in the gelu mode (D's type)
   bool tf32 = false;               // F32 inputs on TF32 tensor cores (fp32 accumulation)
 };
 
@@ -270,9 +271,10 @@ class Gemm {
   void add_bias(const GemmArgs& g) {
     // Column-major m x n with ldc: column j is row j of a row-major [n, ldc] view.
     if (g.ldc == g.m) {
-      add_row(g.c, g.bias, g.c, g.n, g.m, stream_);
+      add_row(g.c, static_cast<const float*>(g.bias), g.c, g.n, g.m, stream_);
     } else {
-      for (int64_t j = 0; j < g.n; ++j) add_row(g.c + j * g.ldc, g.bias, g.c + j * g.ldc, 1, g.m, stream_);
+      for (int64_t j = 0; j < g.n; ++j)
+        add_row(g.c + j * g.ldc, static_cast<const float*>(g.bias), g.c + j * g.ldc, 1, g.m, stream_);
     }
   }
 
@@ -286,7 +288,7 @@ class Gemm {
                   g.ldb,                g.ldc,                 int64_t(g.ab),
                   g.bias != nullptr,    align_of(g.a),         align_of(g.b),
                   align_of(g.c),        g.bias ? align_of(g.bias) : 0, int64_t(g.tf32),
-                  int64_t(gelu_bf16)};
+                  int64_t(gelu_bf16) + 2 * int64_t(g.bias_type)};
     auto it = cache_.find(key);
     if (it == cache_.end()) it = cache_.emplace(key, make_entry(g, gelu_bf16)).first;
     return it->second;
@@ -305,11 +307,12 @@ class Gemm {
                     : CUBLASLT_EPILOGUE_BIAS;
       MG_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-      // the bias stays float32 (its type would default to D's: bf16 in the gelu mode); a
-      // cuBLASLt that refuses leaves the entry without an algorithm (the caller falls back)
-      const cudaDataType_t bt32 = CUDA_R_32F;
-      if (g.bias && cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                                   &bt32, sizeof(bt32)) != CUBLAS_STATUS_SUCCESS)
+      // A float32 bias with a bf16 D needs the bias type set (it defaults to D's type); a
+      // cuBLASLt that refuses leaves the entry without an algorithm (the caller falls back:
+      // a bf16 copy of the bias, then the composition). A bf16 bias keeps the default.
+      if (g.bias && g.bias_type == CUDA_R_32F && gelu_bf16 &&
+          cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                         &g.bias_type, sizeof(g.bias_type)) != CUBLAS_STATUS_SUCCESS)
         return e;
     }
     const bool at = g.ta != CUBLAS_OP_N, bt = g.tb != CUBLAS_OP_N;
@@ -526,6 +529,12 @@ class CudaOps final : public Ops {
       g.a = w.raw();
       g.b = xin.raw();
       if (gemm_->run_gelu_bf16(g, GeluBf16Out{y.data<uint16_t>()})) return y;
+      if (bias.defined()) {  // cuBLASLt may take the bias only in D's type
+        const Tensor b16 = to_bf16(bias, "linear_gelu", "bias");
+        g.bias = b16.raw();
+        g.bias_type = CUDA_R_16BF;
+        if (gemm_->run_gelu_bf16(g, GeluBf16Out{y.data<uint16_t>()})) return y;
+      }
     }
     return gelu_tanh(linear(x, w, b));  // float32 weights, or no cuBLASLt algorithm
   }
@@ -1130,7 +1139,7 @@ class CudaOps final : public Ops {
     g.lda = k;
     g.ldb = k;
     g.ldc = n;
-    g.bias = bias.defined() ? bias.data<float>() : nullptr;
+    g.bias = bias.defined() ? static_cast<const void*>(bias.data<float>()) : nullptr;
     return g;
   }
   void expect_index(const Tensor& t, const char* op) const {
