@@ -133,6 +133,10 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
     for (int64_t j = 0; j < L; ++j)
       bucket[i * L + j] = t5_relative_bucket(j - i, cfg_.relative_attention_num_buckets,
                                              cfg_.relative_attention_max_distance);
+  // On the backend once per call: a host list would go up again for every layer, and on
+  // CUDA each such copy from pageable memory waits for the stream, so the host could not
+  // queue the next layer's work ahead of the GPU.
+  const Tensor bucket_d = ops_.index(bucket);
   Tensor hs = ops_.upload(x);
   const float eps = float(cfg_.layer_norm_epsilon);
   using M = Ops::F32Matmul;
@@ -146,7 +150,7 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
   for (size_t li = 0; li < blocks_.size(); ++li) {
     const Block& b = blocks_[li];
     // bias[h, i, j] = table[bucket(j - i), h], gathered on the backend: [L*L, H] -> [H, L, L]
-    Tensor bias_d = ops_.transpose(ops_.gather_rows(b.rel_bias, bucket)).reshape({H, L, L});
+    Tensor bias_d = ops_.transpose(ops_.gather_rows(b.rel_bias, bucket_d)).reshape({H, L, L});
     Tensor a = ops_.rms_norm(hs, b.norm1, eps);
     ops_.set_f32_matmul(qk_mode);
     Tensor q = ops_.linear(a, b.q, nullptr).reshape({L, H, dk});
