@@ -2,18 +2,27 @@
 // and prints seconds and achieved TFLOP/s. Needs no weights, FFmpeg or SentencePiece.
 //
 //   mogagen_bench dit --model 1.3b|14b [--frames 21 --height 60 --width 104] [--attention
-//                 dense|moga --groups 5] [--iters 3] [--warmup 1] [--device cuda] [--profile on]
+//                 dense|moga --groups 5 --router balanced|random] [--iters 3] [--warmup 1] [--layers N]
+//                 [--device cuda] [--profile on]
 //   mogagen_bench vae [--frames 21 --height 60 --width 104]
 //   mogagen_bench t5 [--tokens 512]
 //
 // Weights are views into one shared pool of random bf16 values (the values do not matter
-// for speed, but they are never zeros).
+// for speed, but they are never zeros). MoGA's speed does depend on the routing: random
+// routers send most tokens to one group (the residual stream's shared component decides
+// every token's argmax), which a trained router with the balance loss does not. So by
+// default (--router balanced) the router biases are first calibrated on a short clip, as
+// loss-free balancing does, until no group holds more than 1.1x its fair share; the timed
+// forward then reports the balance it actually had. --router random keeps them as drawn.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "mogagen/checkpoint.h"
 #include "mogagen/ops.h"
@@ -27,8 +36,9 @@ using namespace mg;
 namespace {
 
 struct Args {
-  std::string what = "dit", model = "1.3b", device = "cuda", attention = "dense";
+  std::string what = "dit", model = "1.3b", device = "cuda", attention = "dense", router = "balanced";
   int frames = 21, height = 60, width = 104, iters = 3, groups = 5, tokens = 512, text = 512;
+  int layers = 0;  // 0: the model's; fewer for quick looks (routing, CPU runs)
   bool profile = false;
   int warmup = 1;  // untimed forwards first (plans, allocator); 0 for very long runs
 };
@@ -92,9 +102,60 @@ void print_memory(Ops& ops, const char* what, size_t before) {
               what, double(m.peak_live) / gib, double(before) / gib, double(m.reserved) / gib);
 }
 
+// Largest group over its fair share N/M: the worst block's and the mean over blocks.
+std::pair<double, double> routing_balance(const std::vector<std::vector<int64_t>>& sizes) {
+  double worst = 0, sum = 0;
+  int blocks = 0;
+  for (const auto& gs : sizes) {
+    if (gs.empty()) continue;
+    int64_t n = 0, mx = 0;
+    for (int64_t v : gs) n += v, mx = std::max(mx, v);
+    const double share = n ? double(mx) * double(gs.size()) / double(n) : 0.0;
+    worst = std::max(worst, share);
+    sum += share;
+    ++blocks;
+  }
+  return {worst, blocks ? sum / blocks : 0.0};
+}
+
+// Calibrates every block's router bias on a clip of at most 8 latent frames (same frame
+// size, the timed timestep) until no group holds more than 1.1x its fair share: each round
+// lowers an over-full group's logit and raises an under-full one's by the log of the
+// ratio (clamped, with a shrinking step), as loss-free balancing does. What a trained router with the balance loss looks like, at no cost to
+// the timed forward.
+void balance_routers(const Args& a, WanDit& dit, const WanDit::TextCache& text) {
+  const int L = dit.config().num_layers, M = dit.config().moga.groups;
+  const int frames = std::min(a.frames, 8);
+  const Tensor x = gaussian_noise({16, frames, a.height, a.width}, 19);
+  std::vector<std::vector<float>> bias;
+  for (int i = 0; i < L; ++i) bias.push_back(dit.router_bias(i));
+  double first = 0, worst = 0;
+  int round = 0;
+  double step = 0.5;  // logit units; shrinks so that the sizes settle instead of swinging
+  for (; round < 40; ++round, step *= 0.9) {
+    dit.forward(x, 500.0, text, {}, AttentionMode::Moga);
+    const auto& sizes = dit.group_sizes();
+    worst = routing_balance(sizes).first;
+    if (round == 0) first = worst;
+    if (worst <= 1.1) break;
+    for (int i = 0; i < L; ++i) {
+      int64_t n = 0;
+      for (int64_t v : sizes[size_t(i)]) n += v;
+      for (int g = 0; g < M; ++g) {
+        const double share = std::max(double(sizes[size_t(i)][size_t(g)]), 0.5) * M / double(n);
+        bias[size_t(i)][size_t(g)] -= float(step * std::clamp(std::log(share), -1.0, 1.0));
+      }
+      dit.set_router_bias(i, bias[size_t(i)]);
+    }
+  }
+  std::printf("dit routers: biases calibrated on %d latent frames in %d rounds: largest group "
+              "%.2fx -> %.2fx its fair share (worst block)\n", frames, round, first, worst);
+}
+
 int bench_dit(const Args& a, Ops& ops) {
   WanDitConfig cfg = dit_config(a.model);
   if (a.attention == "moga") cfg.moga.groups = a.groups;
+  if (a.layers > 0) cfg.num_layers = std::min(cfg.num_layers, a.layers);
   const double t0 = now();
   WeightMap wm = WeightMap::from_source(random_source(cfg.expected_weights()), Component::DiT);
   WanDit dit(cfg, wm, ops);
@@ -107,6 +168,9 @@ int bench_dit(const Args& a, Ops& ops) {
   const double N = double(a.frames) * (a.height / 2) * (a.width / 2), d = cfg.dim, f = cfg.ffn_dim;
   const double L = cfg.num_layers;
   const double gemm = L * (2 * N * 4 * d * d + 2 * N * 2 * d * d + 2 * N * 2 * d * f);
+  if (mode == AttentionMode::Moga && a.router == "balanced") balance_routers(a, dit, text);
+  else if (a.router != "balanced" && a.router != "random")
+    throw usage_error("--router: expected balanced or random, got " + a.router);
   const size_t weights_bytes = ops.memory_stats().live;  // weights, text K/V, inputs
   for (int i = 0; i < a.warmup; ++i) dit.forward(x, 999.0, text, {}, mode);  // plans, allocator
   ops.synchronize();
@@ -128,6 +192,12 @@ int bench_dit(const Args& a, Ops& ops) {
               a.model.c_str(), a.attention.c_str(), N, med, a.iters, times.front(), gemm / 1e12, attn / 1e12,
               (gemm + attn) / med / 1e12, floor_s, med / floor_s);
   print_memory(ops, "dit", weights_bytes);
+  if (mode == AttentionMode::Moga) {
+    const auto [worst, mean] = routing_balance(dit.group_sizes());
+    std::printf("dit routing (timed forward, M = %d): largest group %.2fx its fair share in the worst "
+                "block, %.2fx on average over blocks\n", cfg.moga.groups, worst, mean);
+    if (a.profile) std::printf("%s\n", dit.routing_report().c_str());
+  }
   if (a.profile) {
     // One more forward with every part bracketed by a synchronize: where the step goes,
     // and the share of MoGA's routing and permutation (issue 5).
@@ -208,6 +278,8 @@ int main(int argc, char** argv) {
     else if (k == "--text") a.text = std::stoi(v);
     else if (k == "--profile") a.profile = v == "1" || v == "on" || v == "true";
     else if (k == "--warmup") a.warmup = std::stoi(v);
+    else if (k == "--router") a.router = v;
+    else if (k == "--layers") a.layers = std::stoi(v);
     else {
       std::fprintf(stderr, "mogagen_bench: unknown option %s\n", k.c_str());
       return 2;

@@ -319,6 +319,26 @@ void WanDit::set_moga_options(const MogaConfig& m) {
   cfg_ = c;
 }
 
+std::vector<float> WanDit::router_bias(int block) const {
+  if (!has_routers_ || block < 0 || block >= int(blocks_.size()))
+    throw internal_error("router_bias: no router in block " + std::to_string(block));
+  const Block& b = blocks_[size_t(block)];
+  if (!b.router_b.defined()) return std::vector<float>(size_t(cfg_.moga.groups), 0.0f);
+  const Tensor h = ops_.download(b.router_b);
+  return std::vector<float>(h.f32(), h.f32() + h.numel());
+}
+
+void WanDit::set_router_bias(int block, const std::vector<float>& bias) {
+  if (!has_routers_ || block < 0 || block >= int(blocks_.size()))
+    throw internal_error("set_router_bias: no router in block " + std::to_string(block));
+  if (int64_t(bias.size()) != cfg_.moga.groups)
+    throw internal_error("set_router_bias: " + std::to_string(bias.size()) + " values for " +
+                         std::to_string(cfg_.moga.groups) + " groups");
+  Tensor h = Tensor::empty({int64_t(bias.size())});
+  std::copy(bias.begin(), bias.end(), h.f32());
+  blocks_[size_t(block)].router_b = ops_.upload(h);
+}
+
 // ---- text conditioning (§1.4 step 3, §1.7) -----------------------------------------------------
 
 // Zero-pads each caption to text_len rows, stacks the shots and runs text_embedding:

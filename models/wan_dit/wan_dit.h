@@ -83,6 +83,13 @@ class WanDit {
   // group count stays the checkpoint's.
   void set_moga_options(const MogaConfig& m);
 
+  // A block's router bias (host, M values; zeros when the checkpoint has none) and its
+  // replacement: the bias shifts each group's logit for every token, which is how a
+  // balancing procedure evens out the group sizes without touching the weights
+  // (mogagen_bench calibrates random routers this way). Throws on a wrong block or size.
+  std::vector<float> router_bias(int block) const;
+  void set_router_bias(int block, const std::vector<float>& bias);
+
   // ctx: host F32 [L, text_dim], L <= text_len -> zero-padded to text_len rows ->
   // text_embedding MLP -> backend [text_len, dim].
   Tensor embed_text(const Tensor& ctx);
