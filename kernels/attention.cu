@@ -22,9 +22,6 @@
 namespace mg {
 namespace cuda {
 
-void log_warning(const std::string& msg);  // cuda_ops.cpp (spdlog)
-void log_debug(const std::string& msg);
-
 namespace {
 
 // ---- fallback: softmax over rows of the score block ------------------------------------------

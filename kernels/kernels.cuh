@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace mg {
@@ -26,6 +27,10 @@ inline void check_cublas(cublasStatus_t s, const char* expr, const char* file, i
 #define MG_CUDA_CHECK(expr) ::mg::cuda::check_cuda((expr), #expr, __FILE__, __LINE__)
 #define MG_CUBLAS_CHECK(expr) ::mg::cuda::check_cublas((expr), #expr, __FILE__, __LINE__)
 #define MG_CUDA_LAUNCH_CHECK() MG_CUDA_CHECK(cudaGetLastError())
+
+// ---- logging from the kernels' host code (defined in cuda_ops.cpp, through spdlog) ------------
+void log_warning(const std::string& msg);
+void log_debug(const std::string& msg);
 
 // ---- device scratch memory (the backend's caching allocator) ---------------------------------
 // Blocks are handed back to the allocator when the last shared_ptr goes; all work runs on one
@@ -121,6 +126,28 @@ void im2col3d_f32(const float* x, float* col, const Conv3dShape& s, int64_t p0, 
                   cudaStream_t stream);
 void im2col3d_bf16(const float* x, uint16_t* col, const Conv3dShape& s, int64_t p0, int64_t np,
                    cudaStream_t stream);
+
+// ---- conv_cudnn.cu ----------------------------------------------------------------------------
+// conv3d through cuDNN's convolution API: float32 NCDHW tensors (batch 1), float32 compute
+// with TF32 tensor cores allowed (the im2col path's numerics), implicit-GEMM algorithms only
+// (no FFT or Winograd: their error is not the reference's), stride and dilation 1, zero
+// padding (0, pad_h, pad_w): any front temporal padding must already be in x (s.pad_t == 0).
+// No bias. forward() returns false, having done nothing, when cuDNN is absent or offers no
+// such algorithm for the shape; the caller then runs im2col + GEMM. Plans are cached by shape.
+class CudnnConv3d {
+ public:
+  CudnnConv3d(int device, cudaStream_t stream);
+  ~CudnnConv3d();
+  CudnnConv3d(const CudnnConv3d&) = delete;
+  CudnnConv3d& operator=(const CudnnConv3d&) = delete;
+  static bool built_with_cudnn();
+  bool forward(DeviceMemory& mem, const float* x, const float* w, float* y, const Conv3dShape& s,
+               int64_t co);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // ---- video.cu ---------------------------------------------------------------------------------
 // [c, t, h, w] -> [c, t, 2h, 2w], nearest.

@@ -481,6 +481,39 @@ TEST(CudaOps, Conv3d) {
   }
 }
 
+// conv3d with float32 weights (the VAE) runs through cuDNN by default and through im2col +
+// GEMM with MOGAGEN_CONV=im2col. Both are TF32 against the float32 CPU reference; they must
+// not be bit-identical (that would mean cuDNN silently fell back), and a bad value is refused.
+TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
+  REQUIRE_CUDA();
+  Backends b;
+  ::setenv("MOGAGEN_CONV", "im2col", 1);
+  std::unique_ptr<Ops> im2col = make_cuda_ops(0);
+  ::setenv("MOGAGEN_CONV", "winograd", 1);
+  EXPECT_THROW(make_cuda_ops(0), Error);
+  ::unsetenv("MOGAGEN_CONV");
+  struct Case {
+    int64_t ci, t, h, w, co, kt, kh, kw;
+    int pt, ph, pw;
+  };
+  // a decoder resblock conv (causal front padding), one with cached frames (no padding), a
+  // time conv and a 1x1x1 shortcut
+  for (const Case& c : {Case{64, 1, 30, 52, 64, 3, 3, 3, 2, 1, 1}, Case{32, 6, 24, 40, 48, 3, 3, 3, 0, 1, 1},
+                        Case{48, 3, 16, 16, 96, 3, 1, 1, 0, 0, 0}, Case{40, 4, 20, 20, 24, 1, 1, 1, 0, 0, 0}}) {
+    Tensor x = randn({c.ci, c.t, c.h, c.w}, 120), w = randn({c.co, c.ci, c.kt, c.kh, c.kw}, 121, 0.05f);
+    Tensor bias = randn({c.co}, 122);
+    const Tensor ref = b.cpu->conv3d(x, w, &bias, c.pt, c.ph, c.pw);
+    const Tensor aw = b.gpu->weight(w, true), ab = b.gpu->weight(bias, true);
+    const Tensor a = b.down(b.gpu->conv3d(b.up(x), aw, &ab, c.pt, c.ph, c.pw));
+    const Tensor bw = im2col->weight(w, true), bb = im2col->weight(bias, true);
+    const Tensor g = im2col->download(im2col->conv3d(im2col->upload(x), bw, &bb, c.pt, c.ph, c.pw));
+    check(a, ref, kTf32Tol, "conv3d f32 through cuDNN");
+    check(g, ref, kTf32Tol, "conv3d f32 through im2col");
+    const double d = check(a, g, kTf32Tol, "cuDNN against im2col");
+    EXPECT_GT(d, 0.0) << "bit-identical: cuDNN did not run";
+  }
+}
+
 // Shapes large enough that the conv column buffer and the fp32 attention score block are
 // processed in several tiles.
 TEST(CudaOps, TiledConvAndAttention) {

@@ -383,14 +383,23 @@ class CudaOps final : public Ops {
     MG_CUBLAS_CHECK(cublasSetWorkspace(blas_, ws_.get(), kWorkspace));
     gemm_ = std::make_unique<Gemm>(lt_, blas_, stream_, ws_.get(), kWorkspace);
     sdpa_ = std::make_unique<Sdpa>(dev_, stream_);
+    conv_ = std::make_unique<CudnnConv3d>(dev_, stream_);
     const char* no = std::getenv("MOGAGEN_NO_CUDNN");
     use_cudnn_ = !(no && *no && std::strcmp(no, "0") != 0);
+    // MOGAGEN_CONV=im2col keeps conv3d on im2col + GEMM (to compare; cudnn is the default)
+    const char* conv = std::getenv("MOGAGEN_CONV");
+    if (conv && *conv && std::strcmp(conv, "cudnn") != 0) {
+      if (std::strcmp(conv, "im2col") != 0)
+        throw usage_error(std::string("MOGAGEN_CONV: expected cudnn or im2col, got '") + conv + "'");
+      cudnn_conv_ = false;
+    }
   }
 
   ~CudaOps() override {
     cudaSetDevice(dev_);
     cudaStreamSynchronize(stream_);
     sdpa_.reset();
+    conv_.reset();
     gemm_.reset();
     if (lt_) cublasLtDestroy(lt_);
     if (blas_) cublasDestroy(blas_);
@@ -954,6 +963,21 @@ class CudaOps final : public Ops {
     }
     Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
     const bool bf = w.dtype() == DType::BF16;
+    if (!bf && use_cudnn_ && cudnn_conv_) {
+      // cuDNN's implicit GEMM reads x in place (im2col writes kt*kh*kw copies of it). Its
+      // padding is symmetric, so the causal front frames are zeros put in front of x.
+      Tensor xin = xx;
+      Conv3dShape cs = s;
+      if (s.pad_t > 0) {
+        xin = cat_time(zeros({s.ci, s.pad_t, s.h, s.w}), xx);
+        cs.t += s.pad_t;
+        cs.pad_t = 0;
+      }
+      if (conv_->forward(*mem_, xin.data<float>(), w.data<float>(), y.data<float>(), cs, co)) {
+        if (b) add_channel_bias(y.data<float>(), bias.data<float>(), co, P, stream_);
+        return y;
+      }
+    }
     const int64_t elem = bf ? 2 : 4;
     // Column tile: flattened output positions, bounded to ~256 MB, multiple of 64.
     int64_t np = (int64_t(256) << 20) / std::max<int64_t>(1, kk * elem);
@@ -1214,7 +1238,9 @@ class CudaOps final : public Ops {
   std::shared_ptr<void> ws_;
   std::unique_ptr<Gemm> gemm_;
   std::unique_ptr<Sdpa> sdpa_;
+  std::unique_ptr<CudnnConv3d> conv_;
   bool use_cudnn_ = true;
+  bool cudnn_conv_ = true;  // conv3d with float32 weights through cuDNN (MOGAGEN_CONV)
 };
 
 // Device 0..n-1 usable by this build (sm_90a code: compute capability 9.0 exactly).

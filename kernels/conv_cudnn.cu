@@ -1,0 +1,198 @@
+// conv3d through cuDNN's (legacy) convolution API, for the VAE decoder: the implicit-GEMM
+// kernels read the input where it lies, where im2col first writes kt*kh*kw copies of it
+// (shared/cudnn-notes.md §9). See CudnnConv3d in kernels.cuh for the contract.
+#include <array>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "kernels/kernels.cuh"
+#include "mogagen/error.h"
+
+#ifdef MOGAGEN_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+
+namespace mg {
+namespace cuda {
+
+#ifdef MOGAGEN_HAVE_CUDNN
+
+namespace {
+
+// ci, t, h, w, kt, kh, kw, co, pad_h, pad_w
+using ConvKey = std::array<int64_t, 10>;
+
+struct ConvPlan {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+  size_t workspace = 0;
+  bool ok = false;
+  ~ConvPlan() {
+    if (x) cudnnDestroyTensorDescriptor(x);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (w) cudnnDestroyFilterDescriptor(w);
+    if (conv) cudnnDestroyConvolutionDescriptor(conv);
+  }
+};
+
+// The algorithms whose arithmetic is a plain dot product per output (float accumulation):
+// the im2col GEMM's numerics, so the golden bar holds either way.
+bool exact_kind(cudnnConvolutionFwdAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM;
+}
+
+const size_t kMaxWorkspace = size_t(1) << 30;
+
+std::string shape_str(const ConvKey& k) {
+  return "x [" + std::to_string(k[0]) + ", " + std::to_string(k[1]) + ", " + std::to_string(k[2]) +
+         ", " + std::to_string(k[3]) + "] w [" + std::to_string(k[7]) + ", " + std::to_string(k[0]) +
+         ", " + std::to_string(k[4]) + ", " + std::to_string(k[5]) + ", " + std::to_string(k[6]) + "]";
+}
+
+}  // namespace
+
+struct CudnnConv3d::Impl {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cudnnHandle_t handle = nullptr;
+  bool disabled = false;
+  std::map<ConvKey, std::unique_ptr<ConvPlan>> cache;
+
+  ~Impl() {
+    cache.clear();
+    if (handle) cudnnDestroy(handle);
+  }
+
+  bool ready() {
+    if (disabled) return false;
+    if (handle) return true;
+    cudnnStatus_t st = cudnnCreate(&handle);
+    if (st == CUDNN_STATUS_SUCCESS) st = cudnnSetStream(handle, stream);
+    if (st != CUDNN_STATUS_SUCCESS) {
+      if (handle) cudnnDestroy(handle);
+      handle = nullptr;
+      disabled = true;
+      log_warning(std::string("cuDNN unavailable for conv3d (") + cudnnGetErrorString(st) +
+                  "); the VAE runs im2col + GEMM");
+      return false;
+    }
+    return true;
+  }
+
+  // Builds the descriptors and picks an algorithm; a plan without one (ok = false) is
+  // cached too, so a rejected shape is asked about once.
+  ConvPlan* plan_for(const ConvKey& k) {
+    auto it = cache.find(k);
+    if (it != cache.end()) return it->second->ok ? it->second.get() : nullptr;
+    auto p = std::make_unique<ConvPlan>();
+    std::string why;
+    auto ok = [&](cudnnStatus_t st, const char* what) {
+      if (st == CUDNN_STATUS_SUCCESS) return true;
+      why = std::string(what) + ": " + cudnnGetErrorString(st);
+      return false;
+    };
+    const int ci = int(k[0]), t = int(k[1]), h = int(k[2]), w = int(k[3]);
+    const int kt = int(k[4]), kh = int(k[5]), kw = int(k[6]), co = int(k[7]);
+    const int xd[5] = {1, ci, t, h, w};
+    const int xs[5] = {ci * t * h * w, t * h * w, h * w, w, 1};
+    const int wd[5] = {co, ci, kt, kh, kw};
+    const int pad[3] = {0, int(k[8]), int(k[9])}, one[3] = {1, 1, 1};
+    int yd[5] = {0, 0, 0, 0, 0};
+    bool good = ok(cudnnCreateTensorDescriptor(&p->x), "create x") &&
+                ok(cudnnCreateTensorDescriptor(&p->y), "create y") &&
+                ok(cudnnCreateFilterDescriptor(&p->w), "create w") &&
+                ok(cudnnCreateConvolutionDescriptor(&p->conv), "create conv") &&
+                ok(cudnnSetTensorNdDescriptor(p->x, CUDNN_DATA_FLOAT, 5, xd, xs), "x") &&
+                ok(cudnnSetFilterNdDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 5, wd), "w") &&
+                ok(cudnnSetConvolutionNdDescriptor(p->conv, 3, pad, one, one, CUDNN_CROSS_CORRELATION,
+                                                   CUDNN_DATA_FLOAT),
+                   "conv") &&
+                // TF32 tensor cores are allowed for float data on sm_80+, as in the GEMM path
+                ok(cudnnSetConvolutionMathType(p->conv, CUDNN_DEFAULT_MATH), "math type") &&
+                ok(cudnnGetConvolutionNdForwardOutputDim(p->conv, p->x, p->w, 5, yd), "output dims");
+    if (good) {
+      const int ys[5] = {yd[1] * yd[2] * yd[3] * yd[4], yd[2] * yd[3] * yd[4], yd[3] * yd[4], yd[4], 1};
+      good = ok(cudnnSetTensorNdDescriptor(p->y, CUDNN_DATA_FLOAT, 5, yd, ys), "y");
+    }
+    if (good) {
+      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+      int n = 0;
+      good = ok(cudnnGetConvolutionForwardAlgorithm_v7(handle, p->x, p->w, p->conv, p->y,
+                                                       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf),
+                "algorithm heuristics");
+      if (good) {
+        good = false;
+        why = "no implicit-GEMM algorithm within 1 GiB of workspace";
+        for (int i = 0; i < n && !good; ++i) {  // best first
+          if (perf[i].status != CUDNN_STATUS_SUCCESS || !exact_kind(perf[i].algo) ||
+              perf[i].memory > kMaxWorkspace)
+            continue;
+          size_t bytes = 0;
+          if (cudnnGetConvolutionForwardWorkspaceSize(handle, p->x, p->w, p->conv, p->y,
+                                                      perf[i].algo, &bytes) != CUDNN_STATUS_SUCCESS ||
+              bytes > kMaxWorkspace)
+            continue;
+          p->algo = perf[i].algo;
+          p->workspace = bytes;
+          good = true;
+        }
+      }
+    }
+    p->ok = good;
+    if (good) {
+      log_debug("cuDNN conv3d plan: " + shape_str(k) + " algo " + std::to_string(int(p->algo)) +
+                " workspace " + std::to_string(p->workspace));
+    } else {
+      log_warning("cuDNN conv3d cannot run " + shape_str(k) + " (" + why + "); using im2col + GEMM");
+    }
+    ConvPlan* raw = good ? p.get() : nullptr;
+    cache.emplace(k, std::move(p));
+    return raw;
+  }
+};
+
+CudnnConv3d::CudnnConv3d(int device, cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
+  impl_->device = device;
+  impl_->stream = stream;
+}
+CudnnConv3d::~CudnnConv3d() = default;
+bool CudnnConv3d::built_with_cudnn() { return true; }
+
+bool CudnnConv3d::forward(DeviceMemory& mem, const float* x, const float* w, float* y,
+                          const Conv3dShape& s, int64_t co) {
+  if (s.pad_t != 0 || !impl_->ready()) return false;
+  const int64_t lim = int64_t(1) << 31;
+  if (s.ci * s.t * s.h * s.w >= lim || co * s.to * s.ho * s.wo >= lim) return false;  // int dims
+  const ConvKey key{s.ci, s.t, s.h, s.w, s.kt, s.kh, s.kw, co, s.pad_h, s.pad_w};
+  ConvPlan* p = impl_->plan_for(key);
+  if (!p) return false;
+  std::shared_ptr<void> ws;
+  if (p->workspace) ws = mem.scratch(p->workspace);
+  const float one = 1.0f, zero = 0.0f;
+  const cudnnStatus_t st = cudnnConvolutionForward(impl_->handle, &one, p->x, x, p->w, w, p->conv,
+                                                   p->algo, ws.get(), p->workspace, &zero, p->y, y);
+  if (st != CUDNN_STATUS_SUCCESS)
+    throw device_error("cudnnConvolutionForward (" + shape_str(key) + "): " + cudnnGetErrorString(st));
+  return true;
+}
+
+#else  // !MOGAGEN_HAVE_CUDNN
+
+struct CudnnConv3d::Impl {};
+CudnnConv3d::CudnnConv3d(int, cudaStream_t) {}
+CudnnConv3d::~CudnnConv3d() = default;
+bool CudnnConv3d::built_with_cudnn() { return false; }
+bool CudnnConv3d::forward(DeviceMemory&, const float*, const float*, float*, const Conv3dShape&,
+                          int64_t) {
+  return false;
+}
+
+#endif
+
+}  // namespace cuda
+}  // namespace mg
