@@ -75,6 +75,15 @@ TEST(CpuOps, LinearGeluIsTheComposition) {
   expect_close(ops->linear_gelu(x, w, &b), ops->gelu_tanh(ops->linear(x, w, &b)), 1e-12);
 }
 
+// The CPU is the exact reference: frames held for a later chunk stay float32 as they were.
+TEST(CpuOps, HoldFramesIsExact) {
+  auto ops = make_cpu_ops();
+  const Tensor a = randn({3, 2, 4, 5}, 63);
+  const Tensor h = ops->hold_frames(a);
+  EXPECT_EQ(h.dtype(), DType::F32);
+  EXPECT_EQ(rel_error(h, a), 0.0);
+}
+
 TEST(CpuOps, AttentionWithBiasMatchesNaive) {
   auto ops = make_cpu_ops();
   Tensor q = randn({9, 3, 8}, 4), k = randn({11, 3, 8}, 5), v = randn({11, 3, 8}, 6);

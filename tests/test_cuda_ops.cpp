@@ -481,6 +481,21 @@ TEST(CudaOps, Conv3d) {
   }
 }
 
+// The VAE's cached frames are held in bf16 and read back as float32 by cat_time and
+// slice_time: exactly the bf16-rounded values, in the right frames.
+TEST(CudaOps, HoldFramesKeepsBf16) {
+  REQUIRE_CUDA();
+  Backends b;
+  const Tensor a = randn({5, 2, 6, 7}, 150), x = randn({5, 3, 6, 7}, 151);
+  const Tensor held = b.gpu->hold_frames(b.up(a));
+  EXPECT_EQ(held.dtype(), DType::BF16);
+  EXPECT_EQ(held.shape(), a.shape());
+  check(b.down(b.gpu->cat_time(held, b.up(x))), b.cpu->cat_time(bf16_round(a), x), 0.0,
+        "cat_time of held frames");
+  check(b.down(b.gpu->slice_time(held, 1, 2)), b.cpu->slice_time(bf16_round(a), 1, 2), 0.0,
+        "slice_time of held frames");
+}
+
 // conv3d with float32 weights (the VAE) runs through cuDNN by default and through im2col +
 // GEMM with MOGAGEN_CONV=im2col. Both are TF32 against the float32 CPU reference; they must
 // not be bit-identical (that would mean cuDNN silently fell back), and a bad value is refused.

@@ -158,6 +158,11 @@ class Ops {
   // [C, T, 2H, W] from time_conv output [2C, T, H, W] -> [C, 2T, H, W]: channel half 0 is
   // frame 2j, half 1 frame 2j+1.
   virtual Tensor interleave_time(const Tensor& x) = 0;
+  // Frames kept for a later chunk (the VAE's causal caches) in the form the backend stores
+  // them: the CPU keeps float32 (the exact reference); CUDA keeps bf16, half the bytes,
+  // which cat_time and slice_time read back as float32. A causal conv rounds its inputs to
+  // TF32 anyway (10 mantissa bits; bf16 keeps 7).
+  virtual Tensor hold_frames(const Tensor& x) { return x; }
   // 2D transpose of a [R, C] tensor.
   virtual Tensor transpose(const Tensor& x) = 0;
   // Clamp elementwise.

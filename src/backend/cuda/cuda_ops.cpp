@@ -1037,6 +1037,11 @@ class CudaOps final : public Ops {
     return y;
   }
 
+  Tensor hold_frames(const Tensor& x) override {
+    bind();
+    return to_bf16(x, "hold_frames", "x");
+  }
+
   Tensor slice_time(const Tensor& x, int64_t t0, int64_t t1) override {
     bind();
     const Tensor xx = in_f32(x, "slice_time", "x");
