@@ -131,8 +131,8 @@ void balance_routers(const Args& a, WanDit& dit, const WanDit::TextCache& text) 
   for (int i = 0; i < L; ++i) bias.push_back(dit.router_bias(i));
   double first = 0, worst = 0;
   int round = 0;
-  double step = 0.5;  // logit units; shrinks so that the sizes settle instead of swinging
-  for (; round < 40; ++round, step *= 0.9) {
+  double step = 1.0;  // logit units; shrinks so that the sizes settle instead of swinging
+  for (; round < 60; ++round, step *= 0.93) {
     dit.forward(x, 500.0, text, {}, AttentionMode::Moga);
     const auto& sizes = dit.group_sizes();
     worst = routing_balance(sizes).first;
