@@ -17,6 +17,8 @@
 
 #ifdef MOGAGEN_HAVE_CUDNN
 #include <cudnn.h>
+
+#include "kernels/cudnn_handle.h"
 #endif
 
 namespace mg {
@@ -398,31 +400,16 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
 }  // namespace
 
 struct Sdpa::Impl {
-  int device = 0;
-  cudaStream_t stream = nullptr;
-  cudnnHandle_t handle = nullptr;
-  bool disabled = false;
+  explicit Impl(cudaStream_t s) : stream(s), cudnn(s, "attention runs on the fp32 fallback path") {}
+  cudaStream_t stream;
+  LazyCudnnHandle cudnn;  // declared first: destroyed after the plans that use it
   std::map<PlanKey, std::unique_ptr<Plan>> cache;
 
-  ~Impl() {
-    cache.clear();
-    if (handle) cudnnDestroy(handle);
-  }
-
   bool ready() {
-    if (disabled) return false;
-    if (handle) return true;
-    const cudnnStatus_t st = cudnnCreate(&handle);
-    if (st != CUDNN_STATUS_SUCCESS) {
-      handle = nullptr;
-      disabled = true;
-      log_warning(std::string("cuDNN unavailable (") + cudnnGetErrorString(st) +
-                  "); attention runs on the fp32 fallback path");
-      return false;
-    }
-    MG_CUDNN_CHECK(cudnnSetStream(handle, stream));
-    return true;
+    handle = cudnn.get();
+    return handle != nullptr;
   }
+  cudnnHandle_t handle = nullptr;
 
   Plan* plan_for(const PlanKey& key) {
     auto it = cache.find(key);
@@ -472,10 +459,7 @@ struct Sdpa::Impl {
   }
 };
 
-Sdpa::Sdpa(int device, cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
-  impl_->device = device;
-  impl_->stream = stream;
-}
+Sdpa::Sdpa(int /*device*/, cudaStream_t stream) : impl_(std::make_unique<Impl>(stream)) {}
 Sdpa::~Sdpa() = default;
 bool Sdpa::built_with_cudnn() { return true; }
 

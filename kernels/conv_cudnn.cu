@@ -11,6 +11,8 @@
 
 #ifdef MOGAGEN_HAVE_CUDNN
 #include <cudnn.h>
+
+#include "kernels/cudnn_handle.h"
 #endif
 
 namespace mg {
@@ -57,31 +59,14 @@ std::string shape_str(const ConvKey& k) {
 }  // namespace
 
 struct CudnnConv3d::Impl {
-  int device = 0;
-  cudaStream_t stream = nullptr;
+  explicit Impl(cudaStream_t s) : cudnn(s, "the VAE's conv3d runs im2col + GEMM") {}
+  LazyCudnnHandle cudnn;  // declared first: destroyed after the plans
   cudnnHandle_t handle = nullptr;
-  bool disabled = false;
   std::map<ConvKey, std::unique_ptr<ConvPlan>> cache;
 
-  ~Impl() {
-    cache.clear();
-    if (handle) cudnnDestroy(handle);
-  }
-
   bool ready() {
-    if (disabled) return false;
-    if (handle) return true;
-    cudnnStatus_t st = cudnnCreate(&handle);
-    if (st == CUDNN_STATUS_SUCCESS) st = cudnnSetStream(handle, stream);
-    if (st != CUDNN_STATUS_SUCCESS) {
-      if (handle) cudnnDestroy(handle);
-      handle = nullptr;
-      disabled = true;
-      log_warning(std::string("cuDNN unavailable for conv3d (") + cudnnGetErrorString(st) +
-                  "); the VAE runs im2col + GEMM");
-      return false;
-    }
-    return true;
+    handle = cudnn.get();
+    return handle != nullptr;
   }
 
   // Builds the descriptors and picks an algorithm; a plan without one (ok = false) is
@@ -156,10 +141,7 @@ struct CudnnConv3d::Impl {
   }
 };
 
-CudnnConv3d::CudnnConv3d(int device, cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
-  impl_->device = device;
-  impl_->stream = stream;
-}
+CudnnConv3d::CudnnConv3d(int /*device*/, cudaStream_t stream) : impl_(std::make_unique<Impl>(stream)) {}
 CudnnConv3d::~CudnnConv3d() = default;
 bool CudnnConv3d::built_with_cudnn() { return true; }
 
