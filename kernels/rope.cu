@@ -1,4 +1,7 @@
-// Interleaved (GPT-J) rotary embedding in place. Semantics: CpuOps::rope_.
+// Interleaved (GPT-J) rotary embedding in place. Semantics: CpuOps::rope_. And the DiT's
+// q/k path fused: RMSNorm over the row, RoPE per head, bf16 out (Ops::rms_norm_rope).
+#include <cuda_bf16.h>
+
 #include <algorithm>
 
 #include "kernels/kernels.cuh"
@@ -21,7 +24,52 @@ __global__ void rope_kernel(float* __restrict__ x, const float* __restrict__ cs,
   }
 }
 
+// One block per token row [h * hd]: the sum of squares over the row, then each pair (2p,
+// 2p+1) normalised, weighted and rotated, as rms_norm_kernel and rope_kernel compute them.
+__global__ void rms_norm_rope_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                     const float* __restrict__ cs, const float* __restrict__ sn,
+                                     __nv_bfloat162* __restrict__ y, int64_t d, int64_t half,
+                                     float eps) {
+  __shared__ float sh[32];
+  const int64_t n = blockIdx.x;
+  const float2* r = reinterpret_cast<const float2*>(x + n * d);
+  const int64_t pairs = d / 2;
+  float s = 0.0f;
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const float2 v = r[p];
+    s += v.x * v.x + v.y * v.y;
+  }
+  // block sum (every thread gets it)
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  if (lane == 0) sh[warp] = s;
+  __syncthreads();
+  s = lane < nw ? sh[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  const float inv = 1.0f / sqrtf(s / static_cast<float>(d) + eps);
+  const float* c = cs + n * half;
+  const float* sv = sn + n * half;
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const float2 v = r[p];
+    const float a = (v.x * inv) * w[2 * p], b = (v.y * inv) * w[2 * p + 1];
+    const int64_t j = p % half;
+    const float cj = c[j], sj = sv[j];
+    y[n * pairs + p] = __floats2bfloat162_rn(a * cj - b * sj, a * sj + b * cj);
+  }
+}
+
 }  // namespace
+
+void rms_norm_rope_bf16(const float* x, const float* w, const float* cos, const float* sin,
+                        uint16_t* y, int64_t n, int64_t h, int64_t hd, float eps,
+                        cudaStream_t stream) {
+  if (n <= 0 || h <= 0 || hd <= 0) return;
+  const int64_t d = h * hd, pairs = d / 2;
+  const int threads = static_cast<int>(std::min<int64_t>(512, ((pairs + 31) / 32) * 32));
+  rms_norm_rope_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
+      x, w, cos, sin, reinterpret_cast<__nv_bfloat162*>(y), d, hd / 2, eps);
+  MG_CUDA_LAUNCH_CHECK();
+}
 
 void rope(float* x, const float* cos, const float* sin, int64_t n, int64_t h, int64_t hd,
           cudaStream_t stream) {

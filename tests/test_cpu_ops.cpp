@@ -75,6 +75,20 @@ TEST(CpuOps, LinearGeluIsTheComposition) {
   expect_close(ops->linear_gelu(x, w, &b), ops->gelu_tanh(ops->linear(x, w, &b)), 1e-12);
 }
 
+// rms_norm_rope is exactly its composition on the CPU (the reference).
+TEST(CpuOps, RmsNormRopeIsTheComposition) {
+  auto ops = make_cpu_ops();
+  const int64_t n = 7, h = 3, hd = 8;
+  const Tensor x = randn({n, h * hd}, 64), w = randn({h * hd}, 65);
+  const Tensor c = randn({n, hd / 2}, 66), s = randn({n, hd / 2}, 67);
+  Tensor ref = ops->rms_norm(x, w, 1e-6f).reshape({n, h, hd});
+  ops->rope_(ref, c, s);
+  const Tensor y = ops->rms_norm_rope(x, w, 1e-6f, h, c, s);
+  EXPECT_EQ(y.shape(), (Shape{n, h, hd}));
+  EXPECT_EQ(rel_error(y, ref), 0.0);
+  EXPECT_THROW(ops->rms_norm_rope(x, w, 1e-6f, 5, c, s), Error);  // 24 is not 5 heads
+}
+
 // The CPU is the exact reference: frames held for a later chunk stay float32 as they were.
 TEST(CpuOps, HoldFramesIsExact) {
   auto ops = make_cpu_ops();

@@ -481,6 +481,29 @@ TEST(CudaOps, Conv3d) {
   }
 }
 
+// The DiT's q/k path in one pass: RMSNorm over the row, RoPE per head, bf16 out; the same
+// values as the float32 composition up to the one bf16 rounding. A head size cuDNN cannot
+// take (6) keeps the float32 composition.
+TEST(CudaOps, RmsNormRopeFused) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [n, h, hd] : {std::array<int64_t, 3>{37, 12, 128}, {300, 4, 64}, {5, 3, 6}}) {
+    const Tensor x = randn({n, h * hd}, 160), w = randn({h * hd}, 161);
+    const Tensor c = randn({n, hd / 2}, 162), s = randn({n, hd / 2}, 163);
+    Tensor ref = b.cpu->rms_norm(x, w, 1e-6f).reshape({n, h, hd});
+    b.cpu->rope_(ref, c, s);
+    const Tensor wd = b.gpu->weight(w, true), cd = b.up(c), sd = b.up(s);
+    const Tensor y = b.gpu->rms_norm_rope(b.up(x), wd, 1e-6f, h, cd, sd);
+    EXPECT_EQ(y.shape(), (Shape{n, h, hd}));
+    const bool fused = hd % 8 == 0;
+    EXPECT_EQ(y.dtype(), fused ? DType::BF16 : DType::F32);
+    check(b.down(y), fused ? bf16_round(ref) : ref, fused ? 4e-3 : kF32Tol, "rms_norm_rope");
+    Tensor comp = b.gpu->rms_norm(b.up(x), wd, 1e-6f).reshape({n, h, hd});
+    b.gpu->rope_(comp, cd, sd);
+    check(b.down(y), b.down(b.gpu->compact(comp)), 4e-3, "rms_norm_rope vs GPU composition");
+  }
+}
+
 // The VAE's cached frames are held in bf16 and read back as float32 by cat_time and
 // slice_time: exactly the bf16-rounded values, in the right frames.
 TEST(CudaOps, HoldFramesKeepsBf16) {

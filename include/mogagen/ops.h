@@ -99,6 +99,18 @@ class Ops {
   // Interleaved (GPT-J) rotary embedding in place: x [N, H, hd]; cos/sin [N, hd/2]
   // (pair j of token n rotates by the angle whose cos/sin are cos[n, j], sin[n, j]).
   virtual void rope_(Tensor& x, const Tensor& cos, const Tensor& sin) = 0;
+  // The DiT's q and k: RMSNorm over the whole row x [N, H * hd] (weight w), then RoPE per
+  // head, in the compact() form attention reads: compact(rope_(rms_norm(x).reshape({N, H,
+  // hd}))). That composition is the default; CUDA fuses it into one pass that reads the
+  // float32 row once and writes bf16 once.
+  virtual Tensor rms_norm_rope(const Tensor& x, const Tensor& w, float eps, int64_t heads,
+                               const Tensor& cos, const Tensor& sin) {
+    if (heads <= 0 || x.ndim() != 2 || x.dim(1) % heads != 0)
+      throw internal_error("rms_norm_rope: x " + x.str() + " for " + std::to_string(heads) + " heads");
+    Tensor y = rms_norm(x, w, eps).reshape({x.dim(0), heads, x.dim(1) / heads});
+    rope_(y, cos, sin);
+    return compact(y);
+  }
 
   // ---- attention -----------------------------------------------------------------------
   // o[Nq,H,hd] = softmax(scale * q k^T + bias) v, non-causal, per head.

@@ -730,18 +730,17 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     // k, v wait for attention in the backend's compact form (Ops::compact: bf16 on CUDA).
     Tensor u = ops_.layer_norm_modulate(xs, mod(0), mod(1), eps);
     Tensor v = ops_.compact(ops_.linear(u, b.sv_w, &b.sv_b).reshape({N, H, hd}));
-    Tensor q = ops_.rms_norm(ops_.linear(u, b.sq_w, &b.sq_b), b.s_norm_q, eps).reshape({N, H, hd});
-    Tensor k = ops_.rms_norm(ops_.linear(u, b.sk_w, &b.sk_b), b.s_norm_k, eps).reshape({N, H, hd});
+    Tensor q = ops_.linear(u, b.sq_w, &b.sq_b);  // [N, d]; RMSNorm and RoPE below
+    Tensor k = ops_.linear(u, b.sk_w, &b.sk_b);
     Ops::GroupRouting routing;
     if (mode == AttentionMode::Moga) {
       Section s(*this, "moga routing");
       routing = route(b, u, bi == 0);
     }
     u = Tensor();
-    ops_.rope_(q, rcos, rsin);
-    ops_.rope_(k, rcos, rsin);
-    q = ops_.compact(q);
-    k = ops_.compact(k);
+    // RMSNorm over the whole dim, then RoPE per head, in the compact form (one pass on CUDA)
+    q = ops_.rms_norm_rope(q, b.s_norm_q, eps, H, rcos, rsin);
+    k = ops_.rms_norm_rope(k, b.s_norm_k, eps, H, rcos, rsin);
     Tensor o = mode == AttentionMode::Moga ? self_attention_moga(bi, routing, q, k, v, g, wp)
                                            : self_attention_dense(q, k, v);
     q = k = v = Tensor();

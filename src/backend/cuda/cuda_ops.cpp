@@ -666,6 +666,26 @@ class CudaOps final : public Ops {
     cuda::rope(x.data<float>(), c.data<float>(), s.data<float>(), n, h, hd, stream_);
   }
 
+  Tensor rms_norm_rope(const Tensor& x, const Tensor& w, float eps, int64_t heads, const Tensor& cos,
+                       const Tensor& sin) override {
+    bind();
+    const int64_t hd = heads > 0 && x.ndim() == 2 ? x.dim(1) / heads : 0;
+    // the fused pass writes what compact() keeps: bf16 where cuDNN takes the head size
+    if (hd <= 0 || x.dim(1) != heads * hd || hd % 2 || !cudnn_ok(hd))
+      return Ops::rms_norm_rope(x, w, eps, heads, cos, sin);
+    const Tensor xx = in_f32(x, "rms_norm_rope", "x");
+    const Tensor ww = in_f32(w, "rms_norm_rope", "w");
+    const Tensor c = in_f32(cos, "rms_norm_rope", "cos"), s = in_f32(sin, "rms_norm_rope", "sin");
+    const int64_t n = x.dim(0);
+    if (ww.numel() != x.dim(1) || c.numel() != n * (hd / 2) || s.numel() != n * (hd / 2))
+      throw internal_error("rms_norm_rope: weight " + w.str() + ", tables " + cos.str() + " for " +
+                           x.str());
+    Tensor y = alloc({n, heads, hd}, DType::BF16);
+    cuda::rms_norm_rope_bf16(xx.data<float>(), ww.data<float>(), c.data<float>(), s.data<float>(),
+                             y.data<uint16_t>(), n, heads, hd, eps, stream_);
+    return y;
+  }
+
   // ---- attention ---------------------------------------------------------------------------------
 
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
