@@ -129,6 +129,19 @@ TEST(CudaOps, LinearBf16) {
   check(b.down(y), b.cpu->linear(x, w, nullptr), kBf16Tol, "linear bf16 3-D x");
 }
 
+// gemm_input converts once what linear() would convert per call: bit-identical results.
+TEST(CudaOps, GemmInputIsWhatLinearReads) {
+  REQUIRE_CUDA();
+  Backends b;
+  const Tensor x = randn({50, 96}, 30), w = randn({40, 96}, 31, 0.05f), bias = randn({40}, 32);
+  const Tensor xd = b.up(x), wd = b.gpu->weight(w), bd = b.gpu->weight(bias, true);
+  const Tensor xb = b.gpu->gemm_input(xd);
+  EXPECT_EQ(xb.dtype(), DType::BF16);
+  check(b.down(b.gpu->linear(xb, wd, &bd)), b.down(b.gpu->linear(xd, wd, &bd)), 0.0,
+        "linear of gemm_input");
+  EXPECT_EQ(b.cpu->gemm_input(x).dtype(), DType::F32);  // the CPU keeps float32
+}
+
 TEST(CudaOps, LinearF32) {
   REQUIRE_CUDA();
   Backends b;

@@ -54,6 +54,11 @@ class Ops {
   // ---- linear algebra ------------------------------------------------------------------
   // y[M,N] = x[M,K] . w[N,K]^T (+ b[N])   (nn.Linear)
   virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b) = 0;
+  // x in the form linear() with bf16 weights() reads it, for one input shared by several
+  // such GEMMs (the DiT's q, k and v): CUDA converts it to bf16 once instead of once per
+  // GEMM, the same values; the CPU keeps float32. Not for float32 weights, which would read
+  // the rounded values.
+  virtual Tensor gemm_input(const Tensor& x) { return x; }
   // gelu_tanh(linear(x, w, b)) for a hidden layer that only feeds another linear (the FFN):
   // CUDA runs the bias and the tanh-GELU in cuBLASLt's epilogue and returns bf16 (what the
   // next GEMM reads), never writing the float32 hidden; the CPU returns the composition.

@@ -726,21 +726,22 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
 
     // Self-attention.
     // At long lengths every [N, dim] buffer counts (563,160 tokens x 5120 x 4 bytes = 11.5
-    // GB): the modulated input is released once q, k, v and the routing are made, and q,
-    // k, v wait for attention in the backend's compact form (Ops::compact: bf16 on CUDA).
+    // GB). The router reads the float32 modulated input (moga-spec step 2); then it goes,
+    // and q, k, v are made one at a time from its GEMM form (bf16 on CUDA, converted once).
+    // They wait for attention in the backend's compact form (Ops::compact: bf16 on CUDA);
+    // q and k get RMSNorm over the whole dim and RoPE per head on the way (one pass on CUDA).
     Tensor u = ops_.layer_norm_modulate(xs, mod(0), mod(1), eps);
-    Tensor v = ops_.compact(ops_.linear(u, b.sv_w, &b.sv_b).reshape({N, H, hd}));
-    Tensor q = ops_.linear(u, b.sq_w, &b.sq_b);  // [N, d]; RMSNorm and RoPE below
-    Tensor k = ops_.linear(u, b.sk_w, &b.sk_b);
     Ops::GroupRouting routing;
     if (mode == AttentionMode::Moga) {
       Section s(*this, "moga routing");
       routing = route(b, u, bi == 0);
     }
+    Tensor ub = ops_.gemm_input(u);
     u = Tensor();
-    // RMSNorm over the whole dim, then RoPE per head, in the compact form (one pass on CUDA)
-    q = ops_.rms_norm_rope(q, b.s_norm_q, eps, H, rcos, rsin);
-    k = ops_.rms_norm_rope(k, b.s_norm_k, eps, H, rcos, rsin);
+    Tensor v = ops_.compact(ops_.linear(ub, b.sv_w, &b.sv_b).reshape({N, H, hd}));
+    Tensor q = ops_.rms_norm_rope(ops_.linear(ub, b.sq_w, &b.sq_b), b.s_norm_q, eps, H, rcos, rsin);
+    Tensor k = ops_.rms_norm_rope(ops_.linear(ub, b.sk_w, &b.sk_b), b.s_norm_k, eps, H, rcos, rsin);
+    ub = Tensor();
     Tensor o = mode == AttentionMode::Moga ? self_attention_moga(bi, routing, q, k, v, g, wp)
                                            : self_attention_dense(q, k, v);
     q = k = v = Tensor();

@@ -521,6 +521,11 @@ class CudaOps final : public Ops {
     return y;
   }
 
+  Tensor gemm_input(const Tensor& x) override {
+    bind();
+    return to_bf16(x, "gemm_input", "x");
+  }
+
   Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor* b) override {
     bind();
     expect_dev(x, "linear_gelu", "x");
