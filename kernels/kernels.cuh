@@ -70,6 +70,10 @@ void bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream);
 void layer_norm(const float* x, const float* w, const float* b, const float* shift,
                 const float* scale, float* y, int64_t rows, int64_t d, float eps,
                 cudaStream_t stream);
+// The same, written in bf16 (a GEMM input: Ops::layer_norm_modulate_gemm).
+void layer_norm_bf16(const float* x, const float* w, const float* b, const float* shift,
+                     const float* scale, uint16_t* y, int64_t rows, int64_t d, float eps,
+                     cudaStream_t stream);
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps,
               cudaStream_t stream);
 // x [c, p]: y = x / max(||x[:, p]||, eps) * sqrt(c) * gamma[c]

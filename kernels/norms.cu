@@ -1,5 +1,7 @@
 // Normalisations, statistics in float32 (two-pass mean/variance, per-row block reductions).
 // Semantics: src/backend/cpu/cpu_ops.cpp (layer_norm_impl, rms_norm, channel_l2_norm).
+#include <cuda_bf16.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -21,13 +23,18 @@ __device__ __forceinline__ float block_sum(float v, float* sh) {
   return v;
 }
 
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// Out: float, or __nv_bfloat16 for a GEMM input written directly (layer_norm_bf16)
+template <typename Out>
 __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __restrict__ w,
                                   const float* __restrict__ b, const float* __restrict__ shift,
-                                  const float* __restrict__ scale, float* __restrict__ y,
+                                  const float* __restrict__ scale, Out* __restrict__ y,
                                   int64_t d, float eps) {
   __shared__ float sh[32];
   const float* r = x + blockIdx.x * d;
-  float* out = y + blockIdx.x * d;
+  Out* out = y + blockIdx.x * d;
   float s = 0.0f;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += r[j];
   const float mean = block_sum(s, sh) / static_cast<float>(d);
@@ -43,7 +50,7 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __re
     if (w) o *= w[j];
     if (b) o += b[j];
     if (scale) o = o * (1.0f + scale[j]) + shift[j];
-    out[j] = o;
+    store(out + j, o);
   }
 }
 
@@ -80,16 +87,30 @@ int row_threads(int64_t d) {
 
 }  // namespace
 
-void layer_norm(const float* x, const float* w, const float* b, const float* shift,
-                const float* scale, float* y, int64_t rows, int64_t d, float eps,
-                cudaStream_t stream) {
+template <typename Out>
+void launch_layer_norm(const float* x, const float* w, const float* b, const float* shift,
+                       const float* scale, Out* y, int64_t rows, int64_t d, float eps,
+                       cudaStream_t stream) {
   if (rows <= 0 || d <= 0) return;
   for (int64_t r0 = 0; r0 < rows; r0 += 0x7fffffff) {
     const int64_t nr = std::min<int64_t>(rows - r0, 0x7fffffff);
-    layer_norm_kernel<<<static_cast<unsigned>(nr), row_threads(d), 0, stream>>>(
+    layer_norm_kernel<Out><<<static_cast<unsigned>(nr), row_threads(d), 0, stream>>>(
         x + r0 * d, w, b, shift, scale, y + r0 * d, d, eps);
     MG_CUDA_LAUNCH_CHECK();
   }
+}
+
+void layer_norm(const float* x, const float* w, const float* b, const float* shift,
+                const float* scale, float* y, int64_t rows, int64_t d, float eps,
+                cudaStream_t stream) {
+  launch_layer_norm(x, w, b, shift, scale, y, rows, d, eps, stream);
+}
+
+void layer_norm_bf16(const float* x, const float* w, const float* b, const float* shift,
+                     const float* scale, uint16_t* y, int64_t rows, int64_t d, float eps,
+                     cudaStream_t stream) {
+  launch_layer_norm(x, w, b, shift, scale, reinterpret_cast<__nv_bfloat16*>(y), rows, d, eps,
+                    stream);
 }
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps,

@@ -75,6 +75,16 @@ TEST(CpuOps, LinearGeluIsTheComposition) {
   expect_close(ops->linear_gelu(x, w, &b), ops->gelu_tanh(ops->linear(x, w, &b)), 1e-12);
 }
 
+// The GEMM-input forms are the float32 values themselves on the CPU (the reference).
+TEST(CpuOps, GemmInputFormsAreFloat32) {
+  auto ops = make_cpu_ops();
+  const Tensor x = randn({6, 16}, 68), sh = randn({16}, 69), sc = randn({16}, 70);
+  EXPECT_EQ(rel_error(ops->gemm_input(x), x), 0.0);
+  const Tensor g = ops->layer_norm_modulate_gemm(x, sh, sc, 1e-6f);
+  EXPECT_EQ(g.dtype(), DType::F32);
+  EXPECT_EQ(rel_error(g, ops->layer_norm_modulate(x, sh, sc, 1e-6f)), 0.0);
+}
+
 // rms_norm_rope is exactly its composition on the CPU (the reference).
 TEST(CpuOps, RmsNormRopeIsTheComposition) {
   auto ops = make_cpu_ops();

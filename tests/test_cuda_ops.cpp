@@ -248,6 +248,11 @@ TEST(CudaOps, Norms) {
           kF32Tol, "layer_norm bf16 affine");
     check(b.down(b.gpu->layer_norm_modulate(dx, b.up(sh), b.up(sc), 1e-6f)),
           b.cpu->layer_norm_modulate(x, sh, sc, 1e-6f), kF32Tol, "layer_norm_modulate");
+    // the GEMM form: bf16 written directly, the float32 values rounded once
+    const Tensor g = b.gpu->layer_norm_modulate_gemm(dx, b.up(sh), b.up(sc), 1e-6f);
+    EXPECT_EQ(g.dtype(), DType::BF16);
+    check(b.down(g), b.down(b.gpu->gemm_input(b.gpu->layer_norm_modulate(dx, b.up(sh), b.up(sc), 1e-6f))),
+          0.0, "layer_norm_modulate_gemm");
     check(b.down(b.gpu->rms_norm(dx, dw, 1e-6f)), b.cpu->rms_norm(x, w, 1e-6f), kF32Tol,
           "rms_norm");
   }

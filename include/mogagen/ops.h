@@ -95,6 +95,12 @@ class Ops {
   // LayerNorm (no affine) then x*(1+scale)+shift, scale/shift [D].
   virtual Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
                                      float eps) = 0;
+  // layer_norm_modulate in gemm_input() form, for a GEMM with bf16 weights: CUDA writes the
+  // bf16 rows directly, never the float32 ones; the CPU keeps float32.
+  virtual Tensor layer_norm_modulate_gemm(const Tensor& x, const Tensor& shift,
+                                          const Tensor& scale, float eps) {
+    return gemm_input(layer_norm_modulate(x, shift, scale, eps));
+  }
   // y = x * rsqrt(mean(x^2) + eps) * w over the last dim.
   virtual Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) = 0;
   // Wan VAE RMS_norm over channels of [C, T, H, W]: x / max(||x||_2, eps) * sqrt(C) * gamma[C]

@@ -730,14 +730,18 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     // and q, k, v are made one at a time from its GEMM form (bf16 on CUDA, converted once).
     // They wait for attention in the backend's compact form (Ops::compact: bf16 on CUDA);
     // q and k get RMSNorm over the whole dim and RoPE per head on the way (one pass on CUDA).
-    Tensor u = ops_.layer_norm_modulate(xs, mod(0), mod(1), eps);
     Ops::GroupRouting routing;
+    Tensor ub;
     if (mode == AttentionMode::Moga) {
-      Section s(*this, "moga routing");
-      routing = route(b, u, bi == 0);
+      Tensor u = ops_.layer_norm_modulate(xs, mod(0), mod(1), eps);
+      {
+        Section s(*this, "moga routing");
+        routing = route(b, u, bi == 0);
+      }
+      ub = ops_.gemm_input(u);
+    } else {
+      ub = ops_.layer_norm_modulate_gemm(xs, mod(0), mod(1), eps);
     }
-    Tensor ub = ops_.gemm_input(u);
-    u = Tensor();
     Tensor v = ops_.compact(ops_.linear(ub, b.sv_w, &b.sv_b).reshape({N, H, hd}));
     Tensor q = ops_.rms_norm_rope(ops_.linear(ub, b.sq_w, &b.sq_b), b.s_norm_q, eps, H, rcos, rsin);
     Tensor k = ops_.rms_norm_rope(ops_.linear(ub, b.sk_w, &b.sk_b), b.s_norm_k, eps, H, rcos, rsin);
@@ -758,8 +762,8 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     for (int64_t r0 = 0; r0 < N; r0 += tile) {
       Tensor xr = N <= tile ? xs : xs.rows(r0, std::min(N, r0 + tile));
       // the hidden [tile, ffn_dim] never exists in float32 on CUDA (Ops::linear_gelu)
-      Tensor h = ops_.linear_gelu(ops_.layer_norm_modulate(xr, mod(3), mod(4), eps), b.ffn1_w,
-                                  &b.ffn1_b);
+      Tensor h = ops_.linear_gelu(ops_.layer_norm_modulate_gemm(xr, mod(3), mod(4), eps),
+                                  b.ffn1_w, &b.ffn1_b);
       ops_.gated_add_(xr, ops_.linear(h, b.ffn2_w, &b.ffn2_b), mod(5));
     }
   }

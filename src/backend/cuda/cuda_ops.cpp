@@ -619,18 +619,11 @@ class CudaOps final : public Ops {
 
   Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
                              float eps) override {
-    bind();
-    const Tensor xx = in_f32(x, "layer_norm_modulate", "x");
-    const Tensor sh = in_f32(shift, "layer_norm_modulate", "shift");
-    const Tensor sc = in_f32(scale, "layer_norm_modulate", "scale");
-    const int64_t d = x.ndim() ? x.dim(-1) : 0;
-    if (sh.numel() != d || sc.numel() != d)
-      throw internal_error("layer_norm_modulate: shift/scale " + shift.str() + " for " + x.str());
-    Tensor y = alloc(x.shape(), DType::F32);
-    const int64_t n = d ? x.numel() / d : 0;
-    cuda::layer_norm(xx.data<float>(), nullptr, nullptr, sh.data<float>(), sc.data<float>(),
-                     y.data<float>(), n, d, eps, stream_);
-    return y;
+    return modulated_norm(x, shift, scale, eps, DType::F32);
+  }
+  Tensor layer_norm_modulate_gemm(const Tensor& x, const Tensor& shift, const Tensor& scale,
+                                  float eps) override {
+    return modulated_norm(x, shift, scale, eps, DType::BF16);
   }
 
   Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) override {
@@ -1219,6 +1212,27 @@ class CudaOps final : public Ops {
     return y;
   }
   // F32 device view of an input: F32 as is, BF16 (weights) converted into a fresh tensor.
+  // LayerNorm (no affine) then v * (1 + scale) + shift, written in `out` (F32 or BF16).
+  Tensor modulated_norm(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
+                        DType out) {
+    bind();
+    const Tensor xx = in_f32(x, "layer_norm_modulate", "x");
+    const Tensor sh = in_f32(shift, "layer_norm_modulate", "shift");
+    const Tensor sc = in_f32(scale, "layer_norm_modulate", "scale");
+    const int64_t d = x.ndim() ? x.dim(-1) : 0;
+    if (sh.numel() != d || sc.numel() != d)
+      throw internal_error("layer_norm_modulate: shift/scale " + shift.str() + " for " + x.str());
+    Tensor y = alloc(x.shape(), out);
+    const int64_t n = d ? x.numel() / d : 0;
+    if (out == DType::BF16)
+      cuda::layer_norm_bf16(xx.data<float>(), nullptr, nullptr, sh.data<float>(), sc.data<float>(),
+                            y.data<uint16_t>(), n, d, eps, stream_);
+    else
+      cuda::layer_norm(xx.data<float>(), nullptr, nullptr, sh.data<float>(), sc.data<float>(),
+                       y.data<float>(), n, d, eps, stream_);
+    return y;
+  }
+
   Tensor in_f32(const Tensor& t, const char* op, const char* arg) {
     expect_dev(t, op, arg);
     if (t.dtype() == DType::F32) return t;
