@@ -294,8 +294,27 @@ TEST(CudaOps, AttentionCudnnDense) {
   }
   // head dim 64
   Tensor q = randn({200, 8, 64}, 63), k = randn({150, 8, 64}, 64), v = randn({150, 8, 64}, 65);
-  check(b.down(b.gpu->attention(b.up(q), b.up(k), b.up(v), 0.125f)),
-        b.cpu->attention(q, k, v, 0.125f), kBf16Tol, "attention d64");
+  const Tensor o = b.gpu->attention(b.up(q), b.up(k), b.up(v), 0.125f);
+  check(b.down(o), b.cpu->attention(q, k, v, 0.125f), kBf16Tol, "attention d64");
+  // cuDNN's bf16 output comes back as it is, and the ops that read it take it: a GEMM
+  // (bf16 and float32 weights), an in-place add, a scatter
+  EXPECT_EQ(o.dtype(), DType::BF16);
+  const Tensor of = b.down(o).reshape({200, 512});
+  const Tensor w = randn({32, 512}, 66, 0.05f);
+  check(b.down(b.gpu->linear(o.reshape({200, 512}), b.gpu->weight(w), nullptr)),
+        b.cpu->linear(of, bf16_round(w), nullptr), kBf16Tol, "linear of a bf16 attention output");
+  check(b.down(b.gpu->linear(o.reshape({200, 512}), b.gpu->weight(w, true), nullptr)),
+        b.cpu->linear(of, w, nullptr), kF32Tol, "f32 linear of a bf16 attention output");
+  Tensor acc = b.gpu->zeros({200, 512});
+  b.gpu->add_(acc, o.reshape({200, 512}));
+  check(b.down(acc), of, 0.0, "add_ of a bf16 attention output");
+  std::vector<int64_t> perm(200);
+  for (int64_t i = 0; i < 200; ++i) perm[i] = (i * 7) % 200;
+  Tensor sc2 = b.gpu->zeros({200, 512});
+  b.gpu->scatter_add_rows_(sc2, o.reshape({200, 512}), b.gpu->index(perm));
+  Tensor want = Tensor::zeros({200, 512});
+  b.cpu->scatter_add_rows_(want, of, perm);
+  check(b.down(sc2), want, 0.0, "scatter of a bf16 attention output");
 }
 
 TEST(CudaOps, AttentionFallbackBiasAndWideHeads) {

@@ -126,6 +126,8 @@ class Ops {
   // ---- attention -----------------------------------------------------------------------
   // o[Nq,H,hd] = softmax(scale * q k^T + bias) v, non-causal, per head.
   // bias (optional) is [H, Nq, Nk]. k/v may have a different token count than q.
+  // The result may be in compact() form: CUDA returns its fused path's bf16 output as it
+  // is (what the next GEMM reads); every op accepts either form.
   virtual Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                            const Tensor* bias = nullptr) = 0;
   // Variable-length packed attention: query segment i (rows cu_q[i]..cu_q[i+1]) attends

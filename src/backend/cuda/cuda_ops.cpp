@@ -698,21 +698,20 @@ class CudaOps final : public Ops {
         throw internal_error("attention: bias " + bias->str() + " for q " + q.str() + " k " +
                              k.str());
     }
+    if (nq > 0 && nk > 0 && h > 0 && d > 0 && !bias && cudnn_ok(d)) {
+      const Tensor qb = to_bf16(q, "attention", "q"), kb = to_bf16(k, "attention", "k"),
+                   vb = to_bf16(v, "attention", "v");
+      // cuDNN writes bf16: returned as it is (the next GEMM reads bf16; other ops convert)
+      Tensor ob = alloc(q.shape(), DType::BF16);
+      if (sdpa_->dense(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(), vb.data<uint16_t>(),
+                       ob.data<uint16_t>(), nq, nk, h, d, scale))
+        return ob;
+    }
     Tensor o = alloc(q.shape(), DType::F32);
     if (nq == 0) return o;
     if (nk == 0 || h == 0 || d == 0) {
       if (o.nbytes()) MG_CUDA_CHECK(cudaMemsetAsync(o.raw(), 0, o.nbytes(), stream_));
       return o;
-    }
-    if (!bias && cudnn_ok(d)) {
-      const Tensor qb = to_bf16(q, "attention", "q"), kb = to_bf16(k, "attention", "k"),
-                   vb = to_bf16(v, "attention", "v");
-      auto ob = mem_->scratch(static_cast<size_t>(q.numel()) * 2);
-      if (sdpa_->dense(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(), vb.data<uint16_t>(),
-                       static_cast<uint16_t*>(ob.get()), nq, nk, h, d, scale)) {
-        bf16_to_f32(static_cast<uint16_t*>(ob.get()), o.data<float>(), o.numel(), stream_);
-        return o;
-      }
     }
     const Tensor qf = in_f32(q, "attention", "q"), kf = in_f32(k, "attention", "k"),
                  vf = in_f32(v, "attention", "v");
@@ -742,28 +741,25 @@ class CudaOps final : public Ops {
         one_sided = true;
       }
     }
-    Tensor o = alloc(q.shape(), DType::F32);
-    if (o.numel() == 0) return o;
-    if (lq.empty() || h == 0 || d == 0) {
-      MG_CUDA_CHECK(cudaMemsetAsync(o.raw(), 0, o.nbytes(), stream_));
-      return o;
-    }
-    if (!one_sided && cudnn_ok(d)) {
+    if (q.numel() > 0 && !lq.empty() && h > 0 && d > 0 && !one_sided && cudnn_ok(d)) {
       // Empty segments removed, the rest are packed back to back: exactly what cuDNN's
-      // ragged layout describes.
+      // ragged layout describes. Its bf16 output is returned as it is, as in attention().
       const Tensor qb = to_bf16(q, "attention_varlen", "q"), kb = to_bf16(k, "attention_varlen", "k"),
                    vb = to_bf16(v, "attention_varlen", "v");
-      auto ob = mem_->scratch(static_cast<size_t>(q.numel()) * 2);
-      uint16_t* op = static_cast<uint16_t*>(ob.get());
+      Tensor ob = alloc(q.shape(), DType::BF16);
+      uint16_t* op = ob.data<uint16_t>();
       const bool done =
           lq.size() == 1 ? sdpa_->dense(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(),
                                         vb.data<uint16_t>(), op, lq[0], lk[0], h, d, scale)
                          : sdpa_->ragged(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(),
                                          vb.data<uint16_t>(), op, lq, lk, h, d, scale);
-      if (done) {
-        bf16_to_f32(op, o.data<float>(), o.numel(), stream_);
-        return o;
-      }
+      if (done) return ob;
+    }
+    Tensor o = alloc(q.shape(), DType::F32);
+    if (o.numel() == 0) return o;
+    if (lq.empty() || h == 0 || d == 0) {
+      MG_CUDA_CHECK(cudaMemsetAsync(o.raw(), 0, o.nbytes(), stream_));
+      return o;
     }
     const Tensor qf = in_f32(q, "attention_varlen", "q"), kf = in_f32(k, "attention_varlen", "k"),
                  vf = in_f32(v, "attention_varlen", "v");
