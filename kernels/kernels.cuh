@@ -188,6 +188,9 @@ void sort_by_group(const int* gid, int* gid_sorted, int64_t* iota, int64_t* orde
 // row: no atomics, deterministic).
 void scatter_rows_injective(float* out, const float* x, const int64_t* idx, const float* w,
                             int64_t m, int64_t row, cudaStream_t stream);
+// The same from bf16 rows (an attention output in its compact form).
+void scatter_rows_injective_bf16(float* out, const uint16_t* x, const int64_t* idx, const float* w,
+                                 int64_t m, int64_t row, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mg

@@ -3,6 +3,7 @@
 // group (CUB's LSD radix sort over the few bits a group id needs, which is stable), so the
 // token order never leaves the GPU. Semantics: CpuOps::route_groups.
 #include <cub/device/device_radix_sort.cuh>
+#include <cuda_bf16.h>
 
 #include <algorithm>
 
@@ -43,7 +44,12 @@ __global__ void iota_kernel(int64_t* __restrict__ p, int64_t n) {
     p[i] = i;
 }
 
-__global__ void scatter_injective_kernel(float* __restrict__ out, const float* __restrict__ x,
+__device__ __forceinline__ float load(const float* p) { return *p; }
+__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+// In: float, or __nv_bfloat16 (an attention output in its compact form, read as it is)
+template <typename In>
+__global__ void scatter_injective_kernel(float* __restrict__ out, const In* __restrict__ x,
                                          const int64_t* __restrict__ idx,
                                          const float* __restrict__ w, int64_t total,
                                          int64_t row) {
@@ -51,7 +57,7 @@ __global__ void scatter_injective_kernel(float* __restrict__ out, const float* _
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / row, j = i % row;
     const float wi = w ? w[r] : 1.0f;
-    out[idx[r] * row + j] += x[i] * wi;
+    out[idx[r] * row + j] += load(x + i) * wi;
   }
 }
 
@@ -94,6 +100,15 @@ void scatter_rows_injective(float* out, const float* x, const int64_t* idx, cons
   const int64_t total = m * row;
   if (total <= 0) return;
   scatter_injective_kernel<<<grid_for(total, 256), 256, 0, stream>>>(out, x, idx, w, total, row);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void scatter_rows_injective_bf16(float* out, const uint16_t* x, const int64_t* idx, const float* w,
+                                 int64_t m, int64_t row, cudaStream_t stream) {
+  const int64_t total = m * row;
+  if (total <= 0) return;
+  scatter_injective_kernel<<<grid_for(total, 256), 256, 0, stream>>>(
+      out, reinterpret_cast<const __nv_bfloat16*>(x), idx, w, total, row);
   MG_CUDA_LAUNCH_CHECK();
 }
 

@@ -884,7 +884,9 @@ class CudaOps final : public Ops {
   void scatter_add_rows_(Tensor& out, const Tensor& x, const Tensor& idx, const Tensor* w) override {
     bind();
     expect_out(out, "scatter_add_rows_", "out");
-    const Tensor xx = in_f32(x, "scatter_add_rows_", "x");
+    const bool bf = x.dtype() == DType::BF16;  // read as it is: no float32 copy of x
+    const Tensor xx = bf ? x : in_f32(x, "scatter_add_rows_", "x");
+    expect_dev(xx, "scatter_add_rows_", "x");
     expect_index(idx, "scatter_add_rows_");
     if (out.ndim() < 1) throw internal_error("scatter_add_rows_: scalar " + out.str());
     const int64_t n = out.dim(0), row = n ? out.numel() / n : 0, m = idx.numel();
@@ -893,8 +895,12 @@ class CudaOps final : public Ops {
       expect_out(*w, "scatter_add_rows_", "w");
       if (w->numel() != m) throw internal_error("scatter_add_rows_: w " + w->str() + " for " + idx.str());
     }
-    cuda::scatter_rows_injective(out.data<float>(), xx.data<float>(), idx.data<int64_t>(),
-                                 w ? w->data<float>() : nullptr, m, row, stream_);
+    if (bf)
+      cuda::scatter_rows_injective_bf16(out.data<float>(), xx.data<uint16_t>(), idx.data<int64_t>(),
+                                        w ? w->data<float>() : nullptr, m, row, stream_);
+    else
+      cuda::scatter_rows_injective(out.data<float>(), xx.data<float>(), idx.data<int64_t>(),
+                                   w ? w->data<float>() : nullptr, m, row, stream_);
   }
 
   GroupRouting route_groups(const Tensor& logits, bool host_copy) override {
