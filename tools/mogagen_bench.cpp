@@ -5,7 +5,7 @@
 //                 dense|moga --groups 5 --router balanced|random] [--iters 3] [--warmup 1] [--layers N]
 //                 [--device cuda] [--profile on]
 //   mogagen_bench vae [--frames 21 --height 60 --width 104]
-//   mogagen_bench t5 [--tokens 512]
+//   mogagen_bench t5 [--tokens 512] [--profile on]
 //
 // Weights are views into one shared pool of random bf16 values (the values do not matter
 // for speed, but they are never zeros). MoGA's speed does depend on the routing: random
@@ -100,6 +100,25 @@ void print_memory(Ops& ops, const char* what, size_t before) {
   std::printf("%s memory: peak %.2f GiB held by tensors (%.2f GiB of it before the run: weights "
               "and inputs), %.2f GiB reserved\n",
               what, double(m.peak_live) / gib, double(before) / gib, double(m.reserved) / gib);
+}
+
+// Runs `run` once with the model's part profile on and prints each part's seconds and
+// share of the run (the rest as "everything else", described by `rest`).
+template <typename Model, typename Run>
+void print_profile(Model& m, Run run, const char* what, const char* rest) {
+  m.set_profiling(true);
+  const double s = now();
+  run();
+  const double total = now() - s;
+  double parts = 0;
+  std::printf("%s profile (one run, %.3f s with the synchronizes):\n", what, total);
+  for (const auto& [name, sec] : m.profile()) {
+    std::printf("  %-18s %8.4f s  %5.1f%%\n", name.c_str(), sec, 100.0 * sec / total);
+    parts += sec;
+  }
+  std::printf("  %-18s %8.4f s  %5.1f%%  %s\n", "everything else", total - parts,
+              100.0 * (total - parts) / total, rest);
+  m.set_profiling(false);
 }
 
 // Largest group over its fair share N/M: the worst block's and the mean over blocks.
@@ -201,20 +220,8 @@ int bench_dit(const Args& a, Ops& ops) {
   if (a.profile) {
     // One more forward with every part bracketed by a synchronize: where the step goes,
     // and the share of MoGA's routing and permutation (issue 5).
-    dit.set_profiling(true);
-    const double s = now();
-    dit.forward(x, 400.0, text, {}, mode);
-    ops.synchronize();
-    const double total = now() - s;
-    double parts = 0;
-    std::printf("dit profile (one forward, %.3f s with the synchronizes):\n", total);
-    for (const auto& [name, sec] : dit.profile()) {
-      std::printf("  %-18s %8.3f s  %5.1f%%\n", name.c_str(), sec, 100.0 * sec / total);
-      parts += sec;
-    }
-    std::printf("  %-18s %8.3f s  %5.1f%%  (GEMMs, norms, modulation, FFN, head)\n", "everything else",
-                total - parts, 100.0 * (total - parts) / total);
-    dit.set_profiling(false);
+    print_profile(dit, [&] { dit.forward(x, 400.0, text, {}, mode); }, "dit",
+                  "(GEMMs, norms, modulation, FFN, head)");
   }
   return 0;
 }
@@ -256,6 +263,7 @@ int bench_t5(const Args& a, Ops& ops) {
   }
   std::sort(times.begin(), times.end());
   std::printf("umt5-xxl %d tokens: median %.1f ms\n", a.tokens, times[times.size() / 2] * 1e3);
+  if (a.profile) print_profile(enc, [&] { enc.encode(ids); }, "umt5", "");
   return 0;
 }
 

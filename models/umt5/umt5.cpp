@@ -117,27 +117,36 @@ UMT5Encoder::UMT5Encoder(const UMT5Config& cfg, const WeightMap& m, Ops& ops, T5
 }
 
 Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
+  using Part = PartProfile::Scope;
   const int64_t L = int64_t(ids.size()), d = cfg_.d_model, H = cfg_.num_heads, dk = cfg_.d_kv;
   if (L == 0) throw internal_error("umT5: empty token sequence");
-  Tensor x = Tensor::empty({L, d});
-  for (int64_t i = 0; i < L; ++i) {
-    if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
-      throw input_error("token id " + std::to_string(ids[i]) + " is outside the text encoder's vocabulary of " +
-                        std::to_string(cfg_.vocab_size) + " (tokenizer and text encoder do not match)");
-    Tensor row = embed_.rows(ids[i], ids[i] + 1).to(DType::F32);
-    std::memcpy(x.f32() + i * d, row.f32(), d * sizeof(float));
+  Tensor hs;
+  {
+    Part p(profile_, "embedding");
+    Tensor x = Tensor::empty({L, d});
+    for (int64_t i = 0; i < L; ++i) {
+      if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
+        throw input_error("token id " + std::to_string(ids[i]) + " is outside the text encoder's vocabulary of " +
+                          std::to_string(cfg_.vocab_size) + " (tokenizer and text encoder do not match)");
+      Tensor row = embed_.rows(ids[i], ids[i] + 1).to(DType::F32);
+      std::memcpy(x.f32() + i * d, row.f32(), d * sizeof(float));
+    }
+    hs = ops_.upload(x);
   }
-  // Relative position buckets for this length (host, exact integers), shared by all layers.
-  std::vector<int64_t> bucket(size_t(L * L));
-  for (int64_t i = 0; i < L; ++i)
-    for (int64_t j = 0; j < L; ++j)
-      bucket[i * L + j] = t5_relative_bucket(j - i, cfg_.relative_attention_num_buckets,
-                                             cfg_.relative_attention_max_distance);
-  // On the backend once per call: a host list would go up again for every layer, and on
-  // CUDA each such copy from pageable memory waits for the stream, so the host could not
-  // queue the next layer's work ahead of the GPU.
-  const Tensor bucket_d = ops_.index(bucket);
-  Tensor hs = ops_.upload(x);
+  Tensor bucket_d;
+  {
+    Part p(profile_, "position bias");
+    // Relative position buckets for this length (host, exact integers), shared by all
+    // layers. On the backend once per call: a host list would go up again for every layer,
+    // and on CUDA each such copy from pageable memory waits for the stream, so the host could
+    // not queue the next layer's work ahead of the GPU.
+    std::vector<int64_t> bucket(size_t(L * L));
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t j = 0; j < L; ++j)
+        bucket[i * L + j] = t5_relative_bucket(j - i, cfg_.relative_attention_num_buckets,
+                                               cfg_.relative_attention_max_distance);
+    bucket_d = ops_.index(bucket);
+  }
   const float eps = float(cfg_.layer_norm_epsilon);
   using M = Ops::F32Matmul;
   const M qk_mode = matmul_ == T5Matmul::Tf32 ? M::Tf32 : M::Exact;
@@ -149,20 +158,56 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
   } restore{ops_, ops_.set_f32_matmul(qk_mode)};
   for (size_t li = 0; li < blocks_.size(); ++li) {
     const Block& b = blocks_[li];
-    // bias[h, i, j] = table[bucket(j - i), h], gathered on the backend: [L*L, H] -> [H, L, L]
-    Tensor bias_d = ops_.transpose(ops_.gather_rows(b.rel_bias, bucket_d)).reshape({H, L, L});
-    Tensor a = ops_.rms_norm(hs, b.norm1, eps);
-    ops_.set_f32_matmul(qk_mode);
-    Tensor q = ops_.linear(a, b.q, nullptr).reshape({L, H, dk});
-    Tensor k = ops_.linear(a, b.k, nullptr).reshape({L, H, dk});
-    ops_.set_f32_matmul(rest_mode);
-    Tensor v = ops_.linear(a, b.v, nullptr).reshape({L, H, dk});
-    Tensor o = ops_.attention(q, k, v, 1.0f, &bias_d);
-    ops_.add_(hs, ops_.linear(o.reshape({L, H * dk}), b.o, nullptr));
-    Tensor f = ops_.rms_norm(hs, b.norm2, eps);
-    Tensor g = ops_.gelu_tanh_mul(ops_.linear(f, b.wi0, nullptr), ops_.linear(f, b.wi1, nullptr));
-    ops_.add_(hs, ops_.linear(g, b.wo, nullptr));
+    Tensor bias_d, a, q, k, v, o, f, h0, h1, g;
+    {
+      Part p(profile_, "position bias");
+      // bias[h, i, j] = table[bucket(j - i), h], gathered on the backend: [L*L, H] -> [H, L, L]
+      bias_d = ops_.transpose(ops_.gather_rows(b.rel_bias, bucket_d)).reshape({H, L, L});
+    }
+    {
+      Part p(profile_, "norms and adds");
+      a = ops_.rms_norm(hs, b.norm1, eps);
+    }
+    {
+      Part p(profile_, "q k v o GEMMs");
+      ops_.set_f32_matmul(qk_mode);
+      q = ops_.linear(a, b.q, nullptr).reshape({L, H, dk});
+      k = ops_.linear(a, b.k, nullptr).reshape({L, H, dk});
+      ops_.set_f32_matmul(rest_mode);
+      v = ops_.linear(a, b.v, nullptr).reshape({L, H, dk});
+    }
+    {
+      Part p(profile_, "attention");
+      o = ops_.attention(q, k, v, 1.0f, &bias_d);
+    }
+    {
+      Part p(profile_, "q k v o GEMMs");
+      o = ops_.linear(o.reshape({L, H * dk}), b.o, nullptr);
+    }
+    {
+      Part p(profile_, "norms and adds");
+      ops_.add_(hs, o);
+      f = ops_.rms_norm(hs, b.norm2, eps);
+    }
+    {
+      Part p(profile_, "FFN GEMMs");
+      h0 = ops_.linear(f, b.wi0, nullptr);
+      h1 = ops_.linear(f, b.wi1, nullptr);
+    }
+    {
+      Part p(profile_, "norms and adds");
+      g = ops_.gelu_tanh_mul(h0, h1);
+    }
+    {
+      Part p(profile_, "FFN GEMMs");
+      g = ops_.linear(g, b.wo, nullptr);
+    }
+    {
+      Part p(profile_, "norms and adds");
+      ops_.add_(hs, g);
+    }
   }
+  Part p(profile_, "download");
   return ops_.download(ops_.rms_norm(hs, final_norm_, eps));
 }
 

@@ -7,6 +7,7 @@
 
 #include "mogagen/checkpoint.h"
 #include "mogagen/ops.h"
+#include "mogagen/profile.h"
 
 namespace mg {
 
@@ -43,6 +44,13 @@ class UMT5Encoder {
   // the reference's masked run over a padded batch (masked keys get zero weight).
   Tensor encode(const std::vector<int64_t>& ids);
 
+  // Seconds per part of the encodes run while profiling is on (mogagen_bench t5 --profile
+  // on): "embedding" (host lookup and upload), "position bias", "q k v o GEMMs",
+  // "attention", "FFN GEMMs", "norms and adds", "download". Each part is bracketed by a
+  // synchronize; turning it on clears the totals.
+  void set_profiling(bool on) { profile_.enable(on); }
+  const std::map<std::string, double>& profile() const { return profile_.seconds(); }
+
  private:
   struct Block {
     Tensor norm1, q, k, v, o, rel_bias, norm2, wi0, wi1, wo;
@@ -53,6 +61,7 @@ class UMT5Encoder {
   Tensor embed_;  // [vocab, d_model] host, stored dtype (gathered row by row on the host)
   std::vector<Block> blocks_;
   Tensor final_norm_;
+  PartProfile profile_{ops_};
 };
 
 }  // namespace mg

@@ -2,7 +2,6 @@
 #include "models/wan_dit/wan_dit.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <sstream>
@@ -518,24 +517,6 @@ WanDit::WindowPlan WanDit::window_plan(const Grid& g) const {
 
 // ---- attention ------------------------------------------------------------------------------
 
-namespace {
-double seconds_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-}  // namespace
-
-WanDit::Section::Section(WanDit& d, const char* name) : d_(d), name_(name) {
-  if (!d_.profiling_) return;
-  d_.ops_.synchronize();
-  t0_ = seconds_now();
-}
-
-WanDit::Section::~Section() {
-  if (!d_.profiling_) return;
-  d_.ops_.synchronize();
-  d_.profile_[name_] += seconds_now() - t0_;
-}
-
 // 4 nq nk dim: the two matrix products of attention over all heads.
 void WanDit::count_attention(const CuSeqlens& cu_q, const CuSeqlens& cu_kv) {
   for (size_t i = 0; i + 1 < cu_q.size(); ++i)
@@ -545,7 +526,7 @@ void WanDit::count_attention(const CuSeqlens& cu_q, const CuSeqlens& cu_kv) {
 
 Tensor WanDit::self_attention_dense(const Tensor& q, const Tensor& k, const Tensor& v) {
   count_attention({0, q.dim(0)}, {0, k.dim(0)});
-  Section s(*this, "self-attention");
+  Section s(profile_, "self-attention");
   return ops_.attention(q, k, v, 1.0f / std::sqrt(float(cfg_.head_dim())));
 }
 
@@ -579,18 +560,18 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
                     const Tensor* w) {
     Tensor qg, kg, vg, o;
     {
-      Section s(*this, "moga permute");
+      Section s(profile_, "moga permute");
       qg = heads(ops_.gather_rows(q2, qi));
       kg = heads(ops_.gather_rows(k2, kvi));
       vg = heads(ops_.gather_rows(v2, kvi));
     }
     {
-      Section s(*this, "self-attention");
+      Section s(profile_, "self-attention");
       o = ops_.attention_varlen(qg, kg, vg, cq, ck, scale);
     }
     count_attention(cq, ck);
     qg = kg = vg = Tensor();
-    Section s(*this, "moga permute");
+    Section s(profile_, "moga permute");
     ops_.scatter_add_rows_(acc, o.reshape({N, d}), qi, w);
   };
   branch(r.order, r.order, cu, cu, &r.weight);
@@ -605,7 +586,7 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
   {
     Tensor o_frm;
     {
-      Section s(*this, "self-attention");
+      Section s(profile_, "self-attention");
       o_frm = ops_.attention_varlen(q, k, v, cu_f, cu_f, scale);
     }
     count_attention(cu_f, cu_f);
@@ -709,7 +690,7 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
   WindowPlan wp;
   if (mode == AttentionMode::Moga) {
     wp = window_plan(g);
-    Section s(*this, "moga permute");
+    Section s(profile_, "moga permute");
     wp.q_dev = ops_.index(wp.q_idx);
     wp.kv_dev = ops_.index(wp.kv_idx);
     group_sizes_.assign(cfg_.num_layers, {});
@@ -735,7 +716,7 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     if (mode == AttentionMode::Moga) {
       Tensor u = ops_.layer_norm_modulate(xs, mod(0), mod(1), eps);
       {
-        Section s(*this, "moga routing");
+        Section s(profile_, "moga routing");
         routing = route(b, u, bi == 0);
       }
       ub = ops_.gemm_input(u);
@@ -753,7 +734,7 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
 
     // Cross-attention (no modulation, no gate).
     {
-      Section s(*this, "cross-attention");
+      Section s(profile_, "cross-attention");
       ops_.add_(xs, cross_attention(b, bi, xs, text, g));
     }
 

@@ -13,6 +13,7 @@
 
 #include "mogagen/checkpoint.h"
 #include "mogagen/ops.h"
+#include "mogagen/profile.h"
 
 namespace mg {
 
@@ -120,11 +121,8 @@ class WanDit {
   // gathers into group/window order, scatters back), "self-attention" (the attention
   // calls), "cross-attention" (the whole sub-block). Each part is bracketed by
   // Ops::synchronize, so profiling slows the forward; turning it on clears the totals.
-  void set_profiling(bool on) {
-    profiling_ = on;
-    profile_.clear();
-  }
-  const std::map<std::string, double>& profile() const { return profile_; }
+  void set_profiling(bool on) { profile_.enable(on); }
+  const std::map<std::string, double>& profile() const { return profile_.seconds(); }
   // Attention FLOPs the last forward executed (4 nq nk dim per attended segment, self- and
   // cross-attention over all blocks): what MoGA's routing left to compute.
   double attention_flops() const { return attention_flops_; }
@@ -175,23 +173,10 @@ class WanDit {
   int64_t rope_key_[3] = {-1, -1, -1};
   Tensor rope_cos_, rope_sin_;
 
-  // Adds the time from construction to destruction to profile_[name] (profiling only).
-  class Section {
-   public:
-    Section(WanDit& d, const char* name);
-    ~Section();
-    Section(const Section&) = delete;
-    Section& operator=(const Section&) = delete;
-
-   private:
-    WanDit& d_;
-    const char* name_;
-    double t0_ = 0;
-  };
+  using Section = PartProfile::Scope;
   void count_attention(const CuSeqlens& cu_q, const CuSeqlens& cu_kv);
   double attention_flops_ = 0;
-  bool profiling_ = false;
-  std::map<std::string, double> profile_;
+  PartProfile profile_{ops_};
 
   MogaRouting layer0_routing_;
   std::vector<std::vector<int64_t>> group_sizes_;
