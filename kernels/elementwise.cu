@@ -169,6 +169,21 @@ void binary(Binary op, const float* a, const float* b, float* y, int64_t n, cuda
   }
 }
 
+namespace {
+__global__ void add_bf16_kernel(float* __restrict__ a, const __nv_bfloat16* __restrict__ b,
+                                int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    a[i] += __bfloat162float(b[i]);
+}
+}  // namespace
+
+void add_bf16_(float* a, const uint16_t* b, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  add_bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(a, reinterpret_cast<const __nv_bfloat16*>(b), n);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
 void add_row(const float* x, const float* row, float* y, int64_t rows, int64_t d,
              cudaStream_t s) {
   const int64_t n = rows * d;

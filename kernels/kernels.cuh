@@ -53,6 +53,8 @@ enum class Unary { GeluTanh, Silu, Scale, Clamp };
 enum class Binary { Add, Mul, GeluTanhMul };
 void unary(Unary op, const float* x, float* y, int64_t n, float a, float b, cudaStream_t stream);
 void binary(Binary op, const float* a, const float* b, float* y, int64_t n, cudaStream_t stream);
+// a[i] += b[i] with bf16 b (an attention output in its compact form), in place.
+void add_bf16_(float* a, const uint16_t* b, int64_t n, cudaStream_t stream);
 // y[i, j] = x[i, j] + row[j]   (x, y: [rows, d]; y may alias x)
 void add_row(const float* x, const float* row, float* y, int64_t rows, int64_t d,
              cudaStream_t stream);

@@ -559,6 +559,12 @@ class CudaOps final : public Ops {
   void add_(Tensor& a, const Tensor& b) override {
     bind();
     expect_out(a, "add_", "a");
+    if (b.dtype() == DType::BF16) {  // read as it is: no float32 copy of b
+      expect_dev(b, "add_", "b");
+      expect_numel(a, b, "add_");
+      add_bf16_(a.data<float>(), b.data<uint16_t>(), a.numel(), stream_);
+      return;
+    }
     const Tensor q = in_f32(b, "add_", "b");
     expect_numel(a, q, "add_");
     binary(Binary::Add, a.data<float>(), q.data<float>(), a.data<float>(), a.numel(), stream_);
