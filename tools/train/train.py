@@ -164,7 +164,7 @@ def train_vae(a, log, gen, device):
         elif time.time() - t0 > a.vae_seconds:
             break
         lay, batch = VAE_LAYOUTS[a.vae_clips][step % len(VAE_LAYOUTS[a.vae_clips])]
-        video, _ = shapes.sample_clips(gen, batch * a.vae_batch // 8, lay, h, w, device)
+        video, _ = shapes.sample_clips(gen, max(1, batch * a.vae_batch // 8), lay, h, w, device)
         lr = lr_at(a.vae_lr, step, 200, used(a.vae_steps, a.vae_seconds, step, t0) if a.lr_decay == "cosine" else 0)
         for g in opt.param_groups:
             g["lr"] = lr
