@@ -100,6 +100,11 @@ struct CudnnConv3d::Impl {
                 // TF32 tensor cores are allowed for float data on sm_80+, as in the GEMM path
                 ok(cudnnSetConvolutionMathType(p->conv, CUDNN_DEFAULT_MATH), "math type") &&
                 ok(cudnnGetConvolutionNdForwardOutputDim(p->conv, p->x, p->w, 5, yd), "output dims");
+    if (good && (yd[0] != 1 || yd[1] != co || yd[2] != t - kt + 1 || yd[3] != h + 2 * pad[1] - kh + 1 ||
+                 yd[4] != w + 2 * pad[2] - kw + 1)) {
+      good = false;  // not the convolution Ops::conv3d describes: never write a wrong shape
+      why = "unexpected output dims";
+    }
     if (good) {
       const int ys[5] = {yd[1] * yd[2] * yd[3] * yd[4], yd[2] * yd[3] * yd[4], yd[3] * yd[4], yd[4], 1};
       good = ok(cudnnSetTensorNdDescriptor(p->y, CUDNN_DATA_FLOAT, 5, yd, ys), "y");
