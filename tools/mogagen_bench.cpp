@@ -140,8 +140,8 @@ std::pair<double, double> routing_balance(const std::vector<std::vector<int64_t>
 // Calibrates every block's router bias on a clip of at most 8 latent frames (same frame
 // size, the timed timestep) until no group holds more than 1.1x its fair share: each round
 // lowers an over-full group's logit and raises an under-full one's by the log of the
-// ratio (clamped, with a shrinking step), as loss-free balancing does. What a trained router with the balance loss looks like, at no cost to
-// the timed forward.
+// ratio (clamped, with a shrinking step), as loss-free balancing does. The result looks
+// like a router trained with the balance loss, at no cost to the timed forward.
 void balance_routers(const Args& a, WanDit& dit, const WanDit::TextCache& text) {
   const int L = dit.config().num_layers, M = dit.config().moga.groups;
   const int frames = std::min(a.frames, 8);
