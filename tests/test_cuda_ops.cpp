@@ -585,7 +585,9 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
     check(a, ref, kTf32Tol, "conv3d f32 through cuDNN");
     check(g, ref, kTf32Tol, "conv3d f32 through im2col");
     const double d = check(a, g, kTf32Tol, "cuDNN against im2col");
-    EXPECT_GT(d, 0.0) << "bit-identical: cuDNN did not run";
+    if (c.kt * c.kh * c.kw > 1) {  // (a 1x1x1 conv is a plain GEMM either way)
+      EXPECT_GT(d, 0.0) << "bit-identical: cuDNN did not run";
+    }
   }
 }
 
