@@ -95,21 +95,25 @@ void sort_by_group(const int* gid, int* gid_sorted, int64_t* iota, int64_t* orde
                                                 0, key_bits(m), stream));
 }
 
-void scatter_rows_injective(float* out, const float* x, const int64_t* idx, const float* w,
-                            int64_t m, int64_t row, cudaStream_t stream) {
+namespace {
+template <typename In>
+void launch_scatter(float* out, const In* x, const int64_t* idx, const float* w, int64_t m,
+                    int64_t row, cudaStream_t stream) {
   const int64_t total = m * row;
   if (total <= 0) return;
-  scatter_injective_kernel<<<grid_for(total, 256), 256, 0, stream>>>(out, x, idx, w, total, row);
+  scatter_injective_kernel<In><<<grid_for(total, 256), 256, 0, stream>>>(out, x, idx, w, total, row);
   MG_CUDA_LAUNCH_CHECK();
+}
+}  // namespace
+
+void scatter_rows_injective(float* out, const float* x, const int64_t* idx, const float* w,
+                            int64_t m, int64_t row, cudaStream_t stream) {
+  launch_scatter(out, x, idx, w, m, row, stream);
 }
 
 void scatter_rows_injective_bf16(float* out, const uint16_t* x, const int64_t* idx, const float* w,
                                  int64_t m, int64_t row, cudaStream_t stream) {
-  const int64_t total = m * row;
-  if (total <= 0) return;
-  scatter_injective_kernel<<<grid_for(total, 256), 256, 0, stream>>>(
-      out, reinterpret_cast<const __nv_bfloat16*>(x), idx, w, total, row);
-  MG_CUDA_LAUNCH_CHECK();
+  launch_scatter(out, reinterpret_cast<const __nv_bfloat16*>(x), idx, w, m, row, stream);
 }
 
 }  // namespace cuda

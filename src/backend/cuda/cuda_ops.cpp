@@ -1,12 +1,16 @@
 // The CUDA backend (host side). Kernels live in kernels/*.cu behind kernels/kernels.cuh.
 //
 // Precision (shared/wan-notes.md §1.6): activations are F32 in device memory; weights are
-// BF16 on the device unless the model asks to keep them F32. `linear` and `conv3d` run bf16
-// tensor-core GEMMs with fp32 accumulation (cuBLASLt) for BF16 weights; for F32 weights
-// `linear` runs fp32 weights as plain fp32 GEMMs unless set_f32_matmul(Tf32) (the umT5 encoder) and `conv3d` TF32 tensor-core GEMMs; attention runs cuDNN's fused flash attention on bf16 q/k/v
-// (fp32 softmax, F32 result) and an exact fp32 path for what cuDNN rejects (bias, head dims
-// > 256). Every other op is F32 and matches the CPU backend (src/backend/cpu/cpu_ops.cpp),
-// which defines the semantics, to float rounding.
+// BF16 on the device unless the model asks to keep them F32. `linear` runs bf16
+// tensor-core GEMMs with fp32 accumulation (cuBLASLt) for BF16 weights, and F32 weights as
+// plain fp32 GEMMs unless set_f32_matmul(Tf32) (the umT5 encoder). `conv3d` with F32
+// weights (the VAE) runs cuDNN's implicit GEMM or im2col + GEMM on TF32 tensor cores.
+// Attention runs cuDNN's fused flash attention on bf16 q/k/v (fp32 softmax) and returns its
+// bf16 output as it is; an exact fp32 path takes what cuDNN rejects (bias, head dims > 256).
+// A few ops keep or write bf16 where the next op reads bf16 anyway (compact, gemm_input,
+// rms_norm_rope, layer_norm_modulate_gemm, linear_gelu, hold_frames; ops.h), and every op
+// reads either form. Every other op is F32 and matches the CPU backend
+// (src/backend/cpu/cpu_ops.cpp), which defines the semantics, to float rounding.
 //
 // Memory: one caching allocator per backend (size-bucketed free lists), so a denoising loop
 // reuses blocks instead of calling cudaMalloc per step. All work is issued on one stream,
@@ -240,10 +244,8 @@ class Gemm {
     if (g.bias) add_bias(g);
   }
 
- private:
   // The gelu epilogue with bf16 output (GeluBf16Out). Returns false, having done nothing,
   // when cuBLASLt has no algorithm for it: the caller then runs the composition.
- public:
   bool run_gelu_bf16(const GemmArgs& g, GeluBf16Out out) {
     if (g.m <= 0 || g.n <= 0 || g.k <= 0 || g.ab != CUDA_R_16BF) return false;
     GemmArgs h = g;
@@ -390,7 +392,7 @@ class CudaOps final : public Ops {
     const char* conv = std::getenv("MOGAGEN_CONV");
     if (conv && *conv && std::strcmp(conv, "cudnn") != 0) {
       if (std::strcmp(conv, "im2col") != 0)
-        throw usage_error(std::string("MOGAGEN_CONV: expected cudnn or im2col, got '") + conv + "'");
+        throw usage_error(std::string("MOGAGEN_CONV: expected cudnn or im2col, found '") + conv + "'");
       cudnn_conv_ = false;
     }
   }
@@ -559,15 +561,12 @@ class CudaOps final : public Ops {
   void add_(Tensor& a, const Tensor& b) override {
     bind();
     expect_out(a, "add_", "a");
-    if (b.dtype() == DType::BF16) {  // read as it is: no float32 copy of b
-      expect_dev(b, "add_", "b");
-      expect_numel(a, b, "add_");
-      add_bf16_(a.data<float>(), b.data<uint16_t>(), a.numel(), stream_);
-      return;
-    }
-    const Tensor q = in_f32(b, "add_", "b");
+    const Tensor q = in_f32_or_bf16(b, "add_", "b");  // bf16: no float32 copy of b
     expect_numel(a, q, "add_");
-    binary(Binary::Add, a.data<float>(), q.data<float>(), a.data<float>(), a.numel(), stream_);
+    if (q.dtype() == DType::BF16)
+      add_bf16_(a.data<float>(), q.data<uint16_t>(), a.numel(), stream_);
+    else
+      binary(Binary::Add, a.data<float>(), q.data<float>(), a.data<float>(), a.numel(), stream_);
   }
   Tensor mul(const Tensor& a, const Tensor& b) override { return map2(a, b, Binary::Mul, "mul"); }
   Tensor gelu_tanh(const Tensor& x) override { return map1(x, Unary::GeluTanh, 0, 0, "gelu_tanh"); }
@@ -859,9 +858,8 @@ class CudaOps final : public Ops {
   Tensor gather_rows(const Tensor& x, const Tensor& idx) override {
     bind();
     expect_index(idx, "gather_rows");
-    const bool bf = x.dtype() == DType::BF16;  // a compact() operand stays bf16
-    const Tensor xx = bf ? x : in_f32(x, "gather_rows", "x");
-    expect_dev(xx, "gather_rows", "x");
+    const Tensor xx = in_f32_or_bf16(x, "gather_rows", "x");  // a compact() operand stays bf16
+    const bool bf = xx.dtype() == DType::BF16;
     if (x.ndim() < 1) throw internal_error("gather_rows: scalar " + x.str());
     const int64_t n = x.dim(0), row = n ? x.numel() / n : 0;
     Shape s = x.shape();
@@ -890,9 +888,8 @@ class CudaOps final : public Ops {
   void scatter_add_rows_(Tensor& out, const Tensor& x, const Tensor& idx, const Tensor* w) override {
     bind();
     expect_out(out, "scatter_add_rows_", "out");
-    const bool bf = x.dtype() == DType::BF16;  // read as it is: no float32 copy of x
-    const Tensor xx = bf ? x : in_f32(x, "scatter_add_rows_", "x");
-    expect_dev(xx, "scatter_add_rows_", "x");
+    const Tensor xx = in_f32_or_bf16(x, "scatter_add_rows_", "x");  // bf16: no float32 copy
+    const bool bf = xx.dtype() == DType::BF16;
     expect_index(idx, "scatter_add_rows_");
     if (out.ndim() < 1) throw internal_error("scatter_add_rows_: scalar " + out.str());
     const int64_t n = out.dim(0), row = n ? out.numel() / n : 0, m = idx.numel();
@@ -1239,6 +1236,16 @@ class CudaOps final : public Ops {
       cuda::layer_norm(xx.data<float>(), nullptr, nullptr, sh.data<float>(), sc.data<float>(),
                        y.data<float>(), n, d, eps, stream_);
     return y;
+  }
+
+  // An input an op reads in either form: bf16 as it is (a compact() operand, an attention
+  // output), anything else as float32.
+  Tensor in_f32_or_bf16(const Tensor& t, const char* op, const char* arg) {
+    if (t.defined() && t.dtype() == DType::BF16) {
+      expect_dev(t, op, arg);
+      return t;
+    }
+    return in_f32(t, op, arg);
   }
 
   Tensor in_f32(const Tensor& t, const char* op, const char* arg) {
