@@ -352,6 +352,17 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
     return model, cfg, info, state
 
 
+def timed(fn, device):
+    """(seconds, fn()) with the device synchronised before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t1 = time.time()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.time() - t1, out
+
+
 def choose_attention(a, log, device, text):
     """--moga-impl / --masked-kernel auto: time one DiT training step (forward, backward)
     of each way of running the MoGA branches on a three-shot batch of the training size,
@@ -378,18 +389,17 @@ def choose_attention(a, log, device, text):
         wt.MOGA_IMPL, wt.MASKED_KERNEL = impl, kern
         try:
             lay = model.layout(shots, x.shape[3] // 2, x.shape[4] // 2, False, device)
-            times = []
-            for it in range(4):
+            def step():
                 model.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t1 = time.time()
                 with amp(device):
                     pred = model(x, t, ctx, shots, layout=lay).float()
                 pred.square().mean().backward()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.time() - t1)
+                return pred
+
+            times = []
+            for it in range(4):
+                sec, pred = timed(step, device)
+                times.append(sec)
             grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
             out = (pred.detach(), grads)
         except RuntimeError as e:  # a backend that cannot run this shape is skipped
@@ -403,18 +413,13 @@ def choose_attention(a, log, device, text):
         log(f"attention {impl}/{kern}: {sec * 1000:.1f} ms per step (forward + backward, batch {B}), "
             f"relative difference to mask/manual {err:.2e}")
     enc = wt.ShapesEncoder(16).to(device)
-    times = []
-    for it in range(3):  # the data path of one step: drawing the clips and encoding them
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t1 = time.time()
-        with torch.no_grad():
-            video, _ = shapes.sample_clips(gen, B, shots, a.height, a.width, device, drop_caption=0.1)
-            with amp(device):
-                enc(video)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.time() - t1)
+    @torch.no_grad()
+    def data():  # the data path of one step: drawing the clips and encoding them
+        video, _ = shapes.sample_clips(gen, B, shots, a.height, a.width, device, drop_caption=0.1)
+        with amp(device):
+            return enc(video)
+
+    times = [timed(data, device)[0] for it in range(3)]
     log(f"data: {min(times[1:]) * 1000:.1f} ms per batch of {B} clips (drawn and encoded)")
     good = [r for r in results if r[3] < 2e-2]
     if not good:
