@@ -52,9 +52,11 @@ def dit_config(text_dim, text_len, groups):
     return cfg
 
 
-# shot layouts (latent frames per shot) the DiT sees; 13 latent frames = 49 video frames
-DIT_LAYOUTS = [[13], [13], [7, 6], [6, 7], [9, 4], [4, 9], [5, 4, 4], [4, 5, 4], [5, 5, 3],
-               [9], [5, 4], [3, 3, 3]]
+# shot layouts (latent frames per shot) the DiT sees; 13 latent frames = 49 video frames.
+# A third are one 13-frame shot, the default video: with two in twelve (up to run 9) the
+# model cut single-shot prompts into pieces as if they were shot lists.
+DIT_LAYOUTS = [[13], [13], [13], [13], [7, 6], [6, 7], [9, 4], [4, 9], [5, 4, 4], [4, 5, 4],
+               [5, 5, 3], [9], [5, 4], [3, 3, 3]]
 # The VAE's clips: (latent frames per shot, clips per batch). Nine-frame clips alone
 # (run 8's 'short' recipe) left the causal decoder untrained on the long histories of a
 # 49-frame video: decoded whole, run 8's samples lost their background and colours after
@@ -574,7 +576,8 @@ beyond it: unknown words reach the text encoder as unknown pieces.
 ## Architecture (`configs/shapes-t2v.json`)
 - Wan2.1 DiT: dim {info['dit_config']['dim']}, {info['dit_config']['num_layers']} layers, \
 {info['dit_config']['num_heads']} heads, MoGA with M = {info['dit_config']['attention']['groups']} router groups \
-(windows 2x2, temporal group 4, kv extend 2), one caption per shot.
+(windows {'x'.join(map(str, info['dit_config']['attention']['windows']))}, temporal group \
+{info['dit_config']['attention']['temporal_group']}, kv extend {info['dit_config']['attention']['kv_extend']}), one caption per shot.
 - umT5 encoder: width 64, 2 layers, {"trained with the DiT" if d.get("text_encoder") == "trained" else "random and frozen"}. \
 SentencePiece BPE tokenizer with 128 pieces over the grammar, case-folding.
 - Wan2.1 VAE decoder: base width 16, z 16. Latent mean and std are in `vae/config.json`.
@@ -624,7 +627,7 @@ def main():
     ap.add_argument("--dit-lr", type=float, default=6e-4,
                     help="peak learning rate of the DiT (and of the umT5 when it trains)")
     ap.add_argument("--groups", type=int, default=ARCH["dit"]["attention"]["groups"])
-    ap.add_argument("--balance", type=float, default=0.02)
+    ap.add_argument("--balance", type=float, default=0.05)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--shift", type=float, default=3.0)
     ap.add_argument("--samples", default="", help="write check samples (PPM) to this folder")
