@@ -90,6 +90,9 @@ void rms_norm_rope_bf16(const float* x, const float* w, const float* cos, const 
                         uint16_t* y, int64_t n, int64_t h, int64_t hd, float eps, cudaStream_t stream);
 void rope(float* x, const float* cos, const float* sin, int64_t n, int64_t h, int64_t hd,
           cudaStream_t stream);
+// y [H, L, L] = table[bucket[j - i + L - 1] * H + h] (bucket: 2L - 1 entries)
+void relative_position_bias(const float* table, const int64_t* bucket, float* y, int64_t L,
+                            int64_t H, cudaStream_t stream);
 
 // ---- attention.cu -----------------------------------------------------------------------------
 // Exact float32 attention for one packed segment (any head dim, optional additive bias):

@@ -1,5 +1,6 @@
 // Interleaved (GPT-J) rotary embedding in place. Semantics: CpuOps::rope_. And the DiT's
 // q/k path fused: RMSNorm over the row, RoPE per head, bf16 out (Ops::rms_norm_rope).
+// And T5's relative position bias (Ops::relative_position_bias).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -58,6 +59,20 @@ __global__ void rms_norm_rope_kernel(const float* __restrict__ x, const float* _
   }
 }
 
+// One block per output row (h, i) of [H, L, L], grid-strided: bias[h, i, j] =
+// table[bucket[j - i + L - 1] * H + h]. The bucket list (2L - 1 entries) and the table
+// (buckets x H) are small and stay in cache; the result is written once, coalesced.
+__global__ void relative_bias_kernel(const float* __restrict__ table,
+                                     const int64_t* __restrict__ bucket, float* __restrict__ y,
+                                     int64_t rows, int64_t L, int64_t H) {
+  for (int64_t hi = blockIdx.x; hi < rows; hi += gridDim.x) {
+    const int64_t h = hi / L, i = hi % L;
+    const int64_t* b = bucket + (L - 1 - i);  // b[j] = bucket of offset j - i
+    float* out = y + hi * L;
+    for (int64_t j = threadIdx.x; j < L; j += blockDim.x) out[j] = table[b[j] * H + h];
+  }
+}
+
 }  // namespace
 
 void rms_norm_rope_bf16(const float* x, const float* w, const float* cos, const float* sin,
@@ -79,6 +94,15 @@ void rope(float* x, const float* cos, const float* sin, int64_t n, int64_t h, in
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 1 << 20);
   rope_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(x, cos, sin, total, h, hd,
                                                                      half);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void relative_position_bias(const float* table, const int64_t* bucket, float* y, int64_t L,
+                            int64_t H, cudaStream_t stream) {
+  const int64_t rows = H * L;
+  if (rows <= 0) return;
+  const int threads = static_cast<int>(std::min<int64_t>(256, ((L + 31) / 32) * 32));
+  relative_bias_kernel<<<grid_for(rows, 1), threads, 0, stream>>>(table, bucket, y, rows, L, H);
   MG_CUDA_LAUNCH_CHECK();
 }
 

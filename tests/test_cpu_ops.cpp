@@ -85,6 +85,27 @@ TEST(CpuOps, GemmInputFormsAreFloat32) {
   EXPECT_EQ(rel_error(g, ops->layer_norm_modulate(x, sh, sc, 1e-6f)), 0.0);
 }
 
+// T5's relative position bias: bias[h, i, j] = table[bucket[j - i + L - 1], h], against the
+// gather-and-transpose it replaced (every entry written from the right table cell).
+TEST(CpuOps, RelativePositionBias) {
+  auto ops = make_cpu_ops();
+  const int64_t nb = 6, H = 3;
+  const Tensor table = randn({nb, H}, 71);
+  for (int64_t L : {1, 2, 9}) {
+    std::vector<int64_t> rel(size_t(2 * L - 1)), full;
+    for (size_t r = 0; r < rel.size(); ++r) rel[r] = int64_t(r * 5 + 1) % nb;
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t j = 0; j < L; ++j) full.push_back(rel[size_t(j - i + L - 1)]);
+    const Tensor ref = ops->transpose(ops->gather_rows(table, full)).reshape({H, L, L});
+    const Tensor y = ops->relative_position_bias(table, ops->index(rel), L);
+    EXPECT_EQ(y.shape(), (Shape{H, L, L}));
+    EXPECT_EQ(rel_error(y, ref), 0.0) << "L " << L;
+  }
+  // offsets beyond the table, or a bucket list of the wrong length, are refused
+  EXPECT_THROW(ops->relative_position_bias(table, ops->index({0, nb, 0}), 2), Error);
+  EXPECT_THROW(ops->relative_position_bias(table, ops->index({0, 1}), 2), Error);
+}
+
 // rms_norm_rope is exactly its composition on the CPU (the reference).
 TEST(CpuOps, RmsNormRopeIsTheComposition) {
   auto ops = make_cpu_ops();

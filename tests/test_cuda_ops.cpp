@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <random>
 
+#include "models/umt5/umt5.h"
 #include "mogagen/ops.h"
 
 using namespace mg;
@@ -538,6 +539,23 @@ TEST(CudaOps, RmsNormRopeFused) {
     Tensor comp = b.gpu->rms_norm(b.up(x), wd, 1e-6f).reshape({n, h, hd});
     b.gpu->rope_(comp, cd, sd);
     check(b.down(y), b.down(b.gpu->compact(comp)), 4e-3, "rms_norm_rope vs GPU composition");
+  }
+}
+
+// T5's relative position bias in one pass: an exact copy of table cells, so bit-identical
+// to the CPU, at a small length and at umT5-XXL's (64 heads, 512 tokens, 32 buckets).
+TEST(CudaOps, RelativePositionBias) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [nb, H, L] : {std::array<int64_t, 3>{6, 3, 9}, {32, 64, 512}, {32, 4, 1}}) {
+    const Tensor table = randn({nb, H}, 164);
+    std::vector<int64_t> rel(size_t(2 * L - 1));
+    for (int64_t r = -(L - 1); r <= L - 1; ++r)
+      rel[size_t(r + L - 1)] = t5_relative_bucket(r, int(nb), 128);
+    const Tensor ref = b.cpu->relative_position_bias(table, b.cpu->index(rel), L);
+    const Tensor y = b.gpu->relative_position_bias(b.gpu->weight(table, true), b.gpu->index(rel), L);
+    EXPECT_EQ(y.shape(), (Shape{H, L, L}));
+    EXPECT_EQ(rel_error(b.down(y), ref), 0.0) << "L " << L;
   }
 }
 

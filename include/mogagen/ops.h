@@ -123,6 +123,12 @@ class Ops {
     return compact(y);
   }
 
+  // T5's relative position bias [H, L, L]: bias[h, i, j] = table[bucket[j - i + L - 1], h],
+  // from a layer's table [buckets, H] (F32) and the bucket of every offset -(L-1)..L-1, an
+  // I64 index tensor [2L - 1] from index(). One pass that writes the result (CUDA), where a
+  // gather of L*L table rows and a transpose wrote it twice.
+  virtual Tensor relative_position_bias(const Tensor& table, const Tensor& bucket, int64_t L) = 0;
+
   // ---- attention -----------------------------------------------------------------------
   // o[Nq,H,hd] = softmax(scale * q k^T + bias) v, non-causal, per head.
   // bias (optional) is [H, Nq, Nk]. k/v may have a different token count than q.

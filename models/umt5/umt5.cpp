@@ -123,29 +123,38 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
   Tensor hs;
   {
     Part p(profile_, "embedding");
-    Tensor x = Tensor::empty({L, d});
+    // The rows in the checkpoint's dtype, gathered on the host (plain copies) and converted
+    // on the backend: bf16 rows (Wan's checkpoints) go up at half the bytes of float32 and
+    // without a conversion loop on the host.
+    const size_t row_bytes = size_t(d) * dtype_size(embed_.dtype());
+    const bool raw_rows = embed_.dtype() == DType::BF16 || embed_.dtype() == DType::F32;
+    Tensor x = Tensor::empty({L, d}, raw_rows ? embed_.dtype() : DType::F32);
     for (int64_t i = 0; i < L; ++i) {
       if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
         throw input_error("token id " + std::to_string(ids[i]) + " is outside the text encoder's vocabulary of " +
                           std::to_string(cfg_.vocab_size) + " (tokenizer and text encoder do not match)");
-      Tensor row = embed_.rows(ids[i], ids[i] + 1).to(DType::F32);
-      std::memcpy(x.f32() + i * d, row.f32(), d * sizeof(float));
+      char* dst = static_cast<char*>(x.raw()) + size_t(i) * size_t(d) * dtype_size(x.dtype());
+      if (raw_rows) {
+        std::memcpy(dst, static_cast<const char*>(embed_.raw()) + size_t(ids[i]) * row_bytes, row_bytes);
+      } else {
+        const Tensor row = embed_.rows(ids[i], ids[i] + 1).to(DType::F32);
+        std::memcpy(dst, row.raw(), size_t(d) * sizeof(float));
+      }
     }
-    hs = ops_.upload(x);
+    // bf16: uploaded as it is, then widened on the backend (exact either way)
+    hs = x.dtype() == DType::BF16 ? ops_.weight(ops_.weight(x, false), true) : ops_.upload(x);
   }
-  Tensor bucket_d;
+  Tensor rel_bucket;
   {
     Part p(profile_, "position bias");
-    // Relative position buckets for this length (host, exact integers), shared by all
-    // layers. On the backend once per call: a host list would go up again for every layer,
-    // and on CUDA each such copy from pageable memory waits for the stream, so the host could
-    // not queue the next layer's work ahead of the GPU.
-    std::vector<int64_t> bucket(size_t(L * L));
-    for (int64_t i = 0; i < L; ++i)
-      for (int64_t j = 0; j < L; ++j)
-        bucket[i * L + j] = t5_relative_bucket(j - i, cfg_.relative_attention_num_buckets,
-                                               cfg_.relative_attention_max_distance);
-    bucket_d = ops_.index(bucket);
+    // The bucket of every offset j - i in -(L-1)..L-1 (host, exact integers), on the backend
+    // once per call and shared by all layers: each layer's bias [H, L, L] is made from it
+    // and the layer's table in one pass (Ops::relative_position_bias).
+    std::vector<int64_t> bucket(size_t(2 * L - 1));
+    for (int64_t r = -(L - 1); r <= L - 1; ++r)
+      bucket[size_t(r + L - 1)] = t5_relative_bucket(r, cfg_.relative_attention_num_buckets,
+                                                     cfg_.relative_attention_max_distance);
+    rel_bucket = ops_.index(bucket);
   }
   const float eps = float(cfg_.layer_norm_epsilon);
   using M = Ops::F32Matmul;
@@ -161,8 +170,8 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
     Tensor bias_d, a, q, k, v, o, f, h0, h1, g;
     {
       Part p(profile_, "position bias");
-      // bias[h, i, j] = table[bucket(j - i), h], gathered on the backend: [L*L, H] -> [H, L, L]
-      bias_d = ops_.transpose(ops_.gather_rows(b.rel_bias, bucket_d)).reshape({H, L, L});
+      // bias[h, i, j] = table[bucket(j - i), h]
+      bias_d = ops_.relative_position_bias(b.rel_bias, rel_bucket, L);
     }
     {
       Part p(profile_, "norms and adds");

@@ -352,6 +352,26 @@ class CpuOps final : public Ops {
     return y;
   }
 
+  Tensor relative_position_bias(const Tensor& table, const Tensor& bucket, int64_t L) override {
+    expect_f32(table, "relative_position_bias", "table");
+    const int64_t* bk = index_data(bucket, "relative_position_bias");
+    if (table.ndim() != 2 || L < 0 || bucket.numel() != std::max<int64_t>(0, 2 * L - 1))
+      throw internal_error("relative_position_bias: table " + table.str() + ", buckets " +
+                           bucket.str() + " for length " + std::to_string(L));
+    const int64_t nb = table.dim(0), H = table.dim(1);
+    for (int64_t r = 0; r < bucket.numel(); ++r)
+      if (bk[r] < 0 || bk[r] >= nb) throw internal_error("relative_position_bias: bucket out of range");
+    Tensor y = Tensor::empty({H, L, L});
+    const float* t = table.f32();
+    float* o = y.f32();
+#pragma omp parallel for schedule(static) if (parallel_worth(H * L * L))
+    for (int64_t hi = 0; hi < H * L; ++hi) {
+      const int64_t h = hi / L, i = hi % L;
+      for (int64_t j = 0; j < L; ++j) o[hi * L + j] = t[bk[j - i + L - 1] * H + h];
+    }
+    return y;
+  }
+
   void rope_(Tensor& x, const Tensor& cos, const Tensor& sin) override {
     expect_f32(x, "rope_", "x");
     expect_f32(cos, "rope_", "cos");

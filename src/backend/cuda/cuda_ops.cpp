@@ -689,6 +689,22 @@ class CudaOps final : public Ops {
     return y;
   }
 
+  Tensor relative_position_bias(const Tensor& table, const Tensor& bucket, int64_t L) override {
+    bind();
+    const Tensor t = in_f32(table, "relative_position_bias", "table");
+    expect_index(bucket, "relative_position_bias");
+    if (table.ndim() != 2 || L < 0 || bucket.numel() != std::max<int64_t>(0, 2 * L - 1))
+      throw internal_error("relative_position_bias: table " + table.str() + ", buckets " +
+                           bucket.str() + " for length " + std::to_string(L));
+    const int64_t H = table.dim(1);
+    Tensor y = alloc({H, L, L}, DType::F32);
+    // the buckets come from t5_relative_bucket, below the table's row count (the CPU
+    // backend checks it; here it would cost a download)
+    cuda::relative_position_bias(t.data<float>(), bucket.data<int64_t>(), y.data<float>(), L, H,
+                                 stream_);
+    return y;
+  }
+
   // ---- attention ---------------------------------------------------------------------------------
 
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
