@@ -17,8 +17,6 @@ inline int blocks_for(int64_t work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(b, 65536)));
 }
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 __device__ __forceinline__ float gelu_tanh_f(float x) {
   const float k = 0.7978845608028654f;  // sqrt(2/pi)
   return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));

@@ -28,6 +28,9 @@ inline void check_cublas(cublasStatus_t s, const char* expr, const char* file, i
 #define MG_CUBLAS_CHECK(expr) ::mg::cuda::check_cublas((expr), #expr, __FILE__, __LINE__)
 #define MG_CUDA_LAUNCH_CHECK() MG_CUDA_CHECK(cudaGetLastError())
 
+// Whether a device pointer allows 16-byte vector access.
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // ---- logging from the kernels' host code (defined in cuda_ops.cpp, through spdlog) ------------
 void log_warning(const std::string& msg);
 void log_debug(const std::string& msg);
@@ -190,12 +193,17 @@ size_t sort_by_group_temp_bytes(int64_t n, int m);
 void sort_by_group(const int* gid, int* gid_sorted, int64_t* iota, int64_t* order, int64_t n,
                    int m, void* temp, size_t temp_bytes, cudaStream_t stream);
 // out[idx[i], :] += x[i, :] * w[i] (w may be null: 1) for idx without repeats (one writer per
-// row: no atomics, deterministic).
+// row: no atomics, deterministic). accumulate = false writes x[i, :] * w[i] instead (out's
+// rows need not be initialised).
 void scatter_rows_injective(float* out, const float* x, const int64_t* idx, const float* w,
-                            int64_t m, int64_t row, cudaStream_t stream);
+                            int64_t m, int64_t row, bool accumulate, cudaStream_t stream);
 // The same from bf16 rows (an attention output in its compact form).
 void scatter_rows_injective_bf16(float* out, const uint16_t* x, const int64_t* idx, const float* w,
-                                 int64_t m, int64_t row, cudaStream_t stream);
+                                 int64_t m, int64_t row, bool accumulate, cudaStream_t stream);
+// y = bf16((a + b) * s) elementwise, a float32, b float32 or bf16 (b_bf16): MoGA's mean of its
+// branches written as the output projection's GEMM input.
+void add_scale_to_bf16(const float* a, const void* b, bool b_bf16, float s, uint16_t* y,
+                       int64_t n, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mg

@@ -106,6 +106,23 @@ TEST(CpuOps, RelativePositionBias) {
   EXPECT_THROW(ops->relative_position_bias(table, ops->index({0, 1}), 2), Error);
 }
 
+// The CPU's MoGA permutation ops are their definitions: a permutation undone with weights
+// (zeros, then the scatter), and the branch mean in float32.
+TEST(CpuOps, UnpermuteRowsAndMeanInput) {
+  auto ops = make_cpu_ops();
+  const Tensor x = randn({5, 4}, 72), a = randn({5, 4}, 73);
+  const std::vector<int64_t> perm{3, 0, 4, 1, 2};
+  const Tensor w = Tensor::from_vector({0.5f, 2.0f, -1.0f, 0.25f, 3.0f}, {5});
+  const Tensor y = ops->unpermute_rows(x, ops->index(perm), &w);
+  for (int64_t i = 0; i < 5; ++i)
+    for (int64_t j = 0; j < 4; ++j)
+      EXPECT_EQ(y.f32()[perm[size_t(i)] * 4 + j], x.f32()[i * 4 + j] * w.f32()[i]);
+  const Tensor m = ops->add_scale_gemm_input(a, x, 1.0f / 3.0f);
+  EXPECT_EQ(m.dtype(), DType::F32);
+  for (int64_t i = 0; i < 20; ++i) EXPECT_EQ(m.f32()[i], (a.f32()[i] + x.f32()[i]) * (1.0f / 3.0f));
+  EXPECT_THROW(ops->unpermute_rows(x, ops->index({0, 0, 1, 2, 3}), nullptr), Error);  // a repeat
+}
+
 // rms_norm_rope is exactly its composition on the CPU (the reference).
 TEST(CpuOps, RmsNormRopeIsTheComposition) {
   auto ops = make_cpu_ops();

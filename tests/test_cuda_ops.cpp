@@ -430,6 +430,52 @@ TEST(CudaOps, GatherScatterWithIndexTensors) {
   EXPECT_THROW(b.gpu->gather_rows(b.up(x), b.up(x)), Error);  // not an index tensor
 }
 
+// MoGA's permutation paths at the DiT's row sizes: gathers of bf16 rows (16-byte copies for
+// 1536-wide rows, element copies for 12-wide), the group order undone (unpermute_rows,
+// every row written once) from float32 and bf16 rows, and the mean of the branches
+// written as bf16 GEMM input. All exact against the CPU on the same (bf16-rounded) values.
+TEST(CudaOps, MogaPermutationPaths) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (int64_t row : {1536, 12, 64}) {
+    const int64_t n = 1001;
+    std::vector<int64_t> perm(n);
+    for (int64_t i = 0; i < n; ++i) perm[size_t(i)] = (i * 389) % n;  // a permutation
+    std::vector<float> w(size_t(n), 0.f);
+    for (int64_t i = 0; i < n; ++i) w[size_t(i)] = 0.5f + 0.001f * float(i % 211);
+    const Tensor x = randn({n, row}, uint32_t(170 + row)), xr = bf16_round(x);
+    const Tensor xb = b.gpu->weight(x, false);  // bf16 rows on the device
+    ASSERT_EQ(xb.dtype(), DType::BF16);
+    const Tensor di = b.gpu->index(perm), hi = b.cpu->index(perm);
+    const Tensor g = b.gpu->gather_rows(xb, di);
+    EXPECT_EQ(g.dtype(), DType::BF16);
+    check(b.down(g), b.cpu->gather_rows(xr, hi), 0.0, "gather_rows bf16");
+    const Tensor wh = Tensor::from_vector(w, {n}), wd = b.up(wh);
+    for (const bool weighted : {false, true}) {
+      const Tensor* hw = weighted ? &wh : nullptr;
+      const Tensor* dw = weighted ? &wd : nullptr;
+      check(b.down(b.gpu->unpermute_rows(b.up(x), di, dw)), b.cpu->unpermute_rows(x, hi, hw), 0.0,
+            weighted ? "unpermute_rows f32 weighted" : "unpermute_rows f32");
+      check(b.down(b.gpu->unpermute_rows(xb, di, dw)), b.cpu->unpermute_rows(xr, hi, hw), 0.0,
+            weighted ? "unpermute_rows bf16 weighted" : "unpermute_rows bf16");
+    }
+    // the mean of three branches: (a + b) / 3 rounded once to bf16, b float32 or bf16
+    const Tensor a = randn({n, row}, uint32_t(180 + row));
+    const Tensor want_f = bf16_round(b.cpu->scale(b.cpu->add(a, x), 1.0f / 3.0f));
+    const Tensor want_b = bf16_round(b.cpu->scale(b.cpu->add(a, xr), 1.0f / 3.0f));
+    const Tensor mf = b.gpu->add_scale_gemm_input(b.up(a), b.up(x), 1.0f / 3.0f);
+    const Tensor mb = b.gpu->add_scale_gemm_input(b.up(a), xb, 1.0f / 3.0f);
+    EXPECT_EQ(mf.dtype(), DType::BF16);
+    check(b.down(mf), want_f, 0.0, "add_scale_gemm_input f32");
+    check(b.down(mb), want_b, 0.0, "add_scale_gemm_input bf16");
+  }
+  // an odd element count takes the element path
+  const Tensor a = randn({7, 3}, 190), c = randn({7, 3}, 191);
+  check(b.down(b.gpu->add_scale_gemm_input(b.up(a), b.up(c), 0.5f)),
+        bf16_round(b.cpu->scale(b.cpu->add(a, c), 0.5f)), 0.0, "add_scale_gemm_input, 21 elements");
+  EXPECT_THROW(b.gpu->unpermute_rows(b.up(a), b.gpu->index({0, 1}), nullptr), Error);
+}
+
 // Routing on the device equals the CPU's: the same group of every token (ties included),
 // the same stable order, p_win, and group sizes, at MoGA's group counts and a long length.
 TEST(CudaOps, RouteGroupsMatchesCpu) {

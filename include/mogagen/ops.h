@@ -159,6 +159,23 @@ class Ops {
   // deterministic. The CPU backend checks this; the CUDA backend relies on it.
   virtual void scatter_add_rows_(Tensor& out, const Tensor& x, const Tensor& idx,
                                  const Tensor* w = nullptr) = 0;
+  // out[perm[i]] = x[i] * w[i] (w optional: 1) for a permutation perm of 0..m-1 (m = x's
+  // rows): a sorted order undone, every row written once. Defined as zeros then
+  // scatter_add_rows_ (the CPU runs exactly that); CUDA writes each row once without the
+  // zeros pass or the read of out. It relies on perm being a permutation.
+  virtual Tensor unpermute_rows(const Tensor& x, const Tensor& perm, const Tensor* w = nullptr) {
+    Tensor out = zeros(x.shape());
+    scatter_add_rows_(out, x, perm, w);
+    return out;
+  }
+  // gemm_input(scale(a + b, s)) for a sum that only feeds GEMMs with bf16 weights (MoGA's
+  // mean of its branches before the output projection): a float32, b float32 or the
+  // backend's compact form. CUDA writes the bf16 GEMM input in one pass; the CPU returns the
+  // float32 composition.
+  virtual Tensor add_scale_gemm_input(const Tensor& a, const Tensor& b, float s) {
+    Tensor t = add(a, b);
+    return gemm_input(scale(t, s));
+  }
 
   // ---- MoGA routing (moga-spec step 2) ----------------------------------------------------
   // Top-1 routing of N tokens to M groups from router logits [N, M] (F32): each token's

@@ -553,7 +553,9 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
   CuSeqlens cu{0};  // non-empty groups only
   for (int64_t size : r.sizes)
     if (size > 0) cu.push_back(cu.back() + size);
-  Tensor acc = ops_.zeros({N, d});
+  // The branches' sum: the group branch writes every row (its order is a permutation of
+  // the tokens), the window branch adds to it, the frame branch is added in the mean.
+  Tensor acc;
   // Each branch: gather (permute), attention, scatter back (permute); the gathered copies
   // and the branch output are released before the next branch.
   auto branch = [&](const Tensor& qi, const Tensor& kvi, const CuSeqlens& cq, const CuSeqlens& ck,
@@ -572,7 +574,10 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
     count_attention(cq, ck);
     qg = kg = vg = Tensor();
     Section s(profile_, "moga permute");
-    ops_.scatter_add_rows_(acc, o.reshape({N, d}), qi, w);
+    if (acc.defined())
+      ops_.scatter_add_rows_(acc, o.reshape({N, d}), qi, w);
+    else
+      acc = ops_.unpermute_rows(o.reshape({N, d}), qi, w);
   };
   branch(r.order, r.order, cu, cu, &r.weight);
 
@@ -583,15 +588,12 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
   // Frame branch: every latent frame is a contiguous segment already.
   CuSeqlens cu_f;
   for (int64_t f = 0; f <= g.F; ++f) cu_f.push_back(f * g.H * g.W);
+  Tensor o_frm;
   {
-    Tensor o_frm;
-    {
-      Section s(profile_, "self-attention");
-      o_frm = ops_.attention_varlen(q, k, v, cu_f, cu_f, scale);
-    }
-    count_attention(cu_f, cu_f);
-    ops_.add_(acc, o_frm.reshape({N, d}));
+    Section s(profile_, "self-attention");
+    o_frm = ops_.attention_varlen(q, k, v, cu_f, cu_f, scale);
   }
+  count_attention(cu_f, cu_f);
 
   MogaRouting mr;
   mr.group_sizes = r.sizes;
@@ -602,7 +604,8 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
   }
   group_sizes_[bi] = mr.group_sizes;
   if (routing_cb_) routing_cb_(bi, mr);
-  return ops_.scale(acc, 1.0f / 3.0f).reshape({N, H, hd});
+  // the mean, in the form the output projection reads (bf16 on CUDA, written once)
+  return ops_.add_scale_gemm_input(acc, o_frm.reshape({N, d}), 1.0f / 3.0f).reshape({N, H, hd});
 }
 
 // Cross-attention (§1.4 step 7, moga-spec "Multi-shot"): norm3 (affine LN), q RMS-normed;

@@ -905,7 +905,6 @@ class CudaOps final : public Ops {
     bind();
     expect_out(out, "scatter_add_rows_", "out");
     const Tensor xx = in_f32_or_bf16(x, "scatter_add_rows_", "x");  // bf16: no float32 copy
-    const bool bf = xx.dtype() == DType::BF16;
     expect_index(idx, "scatter_add_rows_");
     if (out.ndim() < 1) throw internal_error("scatter_add_rows_: scalar " + out.str());
     const int64_t n = out.dim(0), row = n ? out.numel() / n : 0, m = idx.numel();
@@ -914,12 +913,35 @@ class CudaOps final : public Ops {
       expect_out(*w, "scatter_add_rows_", "w");
       if (w->numel() != m) throw internal_error("scatter_add_rows_: w " + w->str() + " for " + idx.str());
     }
-    if (bf)
-      cuda::scatter_rows_injective_bf16(out.data<float>(), xx.data<uint16_t>(), idx.data<int64_t>(),
-                                        w ? w->data<float>() : nullptr, m, row, stream_);
-    else
-      cuda::scatter_rows_injective(out.data<float>(), xx.data<float>(), idx.data<int64_t>(),
-                                   w ? w->data<float>() : nullptr, m, row, stream_);
+    scatter_injective(out, xx, idx, w, m, row, /*accumulate=*/true);
+  }
+
+  Tensor unpermute_rows(const Tensor& x, const Tensor& perm, const Tensor* w) override {
+    bind();
+    const Tensor xx = in_f32_or_bf16(x, "unpermute_rows", "x");  // bf16: no float32 copy
+    expect_index(perm, "unpermute_rows");
+    if (x.ndim() < 1) throw internal_error("unpermute_rows: scalar " + x.str());
+    const int64_t m = x.dim(0), row = m ? x.numel() / m : 0;
+    if (perm.numel() != m) throw internal_error("unpermute_rows: perm " + perm.str() + " for " + x.str());
+    if (w) {
+      expect_out(*w, "unpermute_rows", "w");
+      if (w->numel() != m) throw internal_error("unpermute_rows: w " + w->str() + " for " + perm.str());
+    }
+    Tensor out = alloc(x.shape(), DType::F32);
+    scatter_injective(out, xx, perm, w, m, row, /*accumulate=*/false);  // every row written once
+    return out;
+  }
+
+  Tensor add_scale_gemm_input(const Tensor& a, const Tensor& b, float s) override {
+    bind();
+    const Tensor aa = in_f32(a, "add_scale_gemm_input", "a");
+    const Tensor bb = in_f32_or_bf16(b, "add_scale_gemm_input", "b");
+    if (a.numel() != b.numel())
+      throw internal_error("add_scale_gemm_input: a " + a.str() + " b " + b.str());
+    Tensor y = alloc(a.shape(), DType::BF16);
+    cuda::add_scale_to_bf16(aa.data<float>(), bb.raw(), bb.dtype() == DType::BF16, s,
+                            y.data<uint16_t>(), a.numel(), stream_);
+    return y;
   }
 
   GroupRouting route_groups(const Tensor& logits, bool host_copy) override {
@@ -1210,6 +1232,18 @@ class CudaOps final : public Ops {
     g.bias = bias.defined() ? static_cast<const void*>(bias.data<float>()) : nullptr;
     return g;
   }
+  // out[idx[i]] (+)= x[i] * w[i] over rows of `row` elements, x float32 or bf16
+  void scatter_injective(Tensor& out, const Tensor& x, const Tensor& idx, const Tensor* w,
+                         int64_t m, int64_t row, bool accumulate) {
+    const float* wp = w ? w->data<float>() : nullptr;
+    if (x.dtype() == DType::BF16)
+      cuda::scatter_rows_injective_bf16(out.data<float>(), x.data<uint16_t>(), idx.data<int64_t>(),
+                                        wp, m, row, accumulate, stream_);
+    else
+      cuda::scatter_rows_injective(out.data<float>(), x.data<float>(), idx.data<int64_t>(), wp, m,
+                                   row, accumulate, stream_);
+  }
+
   void expect_index(const Tensor& t, const char* op) const {
     expect_dev(t, op, "idx");
     if (t.dtype() != DType::I64 || t.ndim() != 1)
