@@ -12,11 +12,11 @@
 #   checks  the whole test suite with the GPU tests, against .golden/; `mogagen verify
 #           <component> <set> --device cuda` on every golden set in .golden/; the same jobs
 #           rendered on the CPU and the GPU (tools/check-gpu-cpu.sh)
-#   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B and 14B DiT, the VAE (cuDNN
-#           and im2col convolutions)
-#   moga    issue 5: dense and MoGA (M = 5) forwards at 187,200 tokens for 1.3B and 14B,
-#           with the profile of the MoGA forwards; the routers are calibrated to balanced
-#           groups first (mogagen_bench --router balanced) (about 5 minutes)
+#   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B and 14B DiT, the VAE with its
+#           profile, attention alone (dense, varlen, MoGA's calls)
+#   moga    issue 5: MoGA (M = 5) forwards at 187,200 tokens for 14B and 1.3B with their
+#           profiles, then the dense ones; the routers are calibrated to balanced groups
+#           first (mogagen_bench --router balanced) (about 7 minutes)
 #   long    issue 5: 14B MoGA at 563,160 tokens, M = 5 and M = 20, one forward each with
 #           time and peak memory (about 5 minutes)
 # The report goes to stdout and to $OUT/device-check.txt when OUT is set. The exit status
@@ -82,14 +82,17 @@ if want bench; then
   done
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3
   step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3
-  step "bench VAE (conv3d through cuDNN)" build/mogagen_bench vae
-  step "bench VAE, MOGAGEN_CONV=im2col" env MOGAGEN_CONV=im2col build/mogagen_bench vae
+  step "bench VAE (conv3d through cuDNN)" build/mogagen_bench vae --profile on
+  step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
 fi
 B="build/mogagen_bench dit --frames 120 --height 60 --width 104"  # 187,200 tokens
 if want moga; then
+  # MoGA first: the 14B dense forward alone takes over two minutes (58 s a forward)
+  for m in 14b 1.3b; do
+    step "bench DiT $m MoGA M=5, 187,200 tokens" $B --model $m --attention moga --groups 5 --iters 1 --profile on
+  done
   for m in 1.3b 14b; do
     step "bench DiT $m dense, 187,200 tokens" $B --model $m --attention dense --iters 1
-    step "bench DiT $m MoGA M=5, 187,200 tokens" $B --model $m --attention moga --groups 5 --iters 1 --profile on
   done
 fi
 if want long; then

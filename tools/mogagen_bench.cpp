@@ -4,8 +4,9 @@
 //   mogagen_bench dit --model 1.3b|14b [--frames 21 --height 60 --width 104] [--attention
 //                 dense|moga --groups 5 --router balanced|random] [--iters 3] [--warmup 1] [--layers N]
 //                 [--device cuda] [--profile on]
-//   mogagen_bench vae [--frames 21 --height 60 --width 104]
+//   mogagen_bench vae [--frames 21 --height 60 --width 104] [--profile on]
 //   mogagen_bench t5 [--tokens 512] [--profile on]
+//   mogagen_bench attention [--tokens N --segment S --heads H]   (head size 128; S = 0: dense)
 //
 // Weights are views into one shared pool of random bf16 values (the values do not matter
 // for speed, but they are never zeros). MoGA's speed does depend on the routing: random
@@ -39,6 +40,8 @@ struct Args {
   std::string what = "dit", model = "1.3b", device = "cuda", attention = "dense", router = "balanced";
   int frames = 21, height = 60, width = 104, iters = 3, groups = 5, tokens = 512, text = 512;
   int layers = 0;  // 0: the model's; fewer for quick looks (routing, CPU runs)
+  int heads = 40, segment = -1;  // attention: one case of --tokens split into --segment
+  bool tokens_set = false;
   bool profile = false;
   int warmup = 1;  // untimed forwards first (plans, allocator); 0 for very long runs
 };
@@ -245,6 +248,85 @@ int bench_vae(const Args& a, Ops& ops) {
   std::printf("vae decode %d latent frames -> %lld frames %dx%d: %.3f s (%.1f frames/s)\n", a.frames,
               (long long)frames, a.width * 8, a.height * 8, t, frames / t);
   print_memory(ops, "vae", weights_bytes);
+  if (a.profile) print_profile(dec, [&] { dec.decode(z, sink); }, "vae", "(latent upload, conv2, slices)");
+  return 0;
+}
+
+// One attention shape: `segments` query/key segments (equal lengths in each pair) of H
+// heads of head size d, bf16 operands filled with hashed values (the speed does not depend
+// on them). One untimed call builds the cuDNN plan; then the median of the timed calls.
+void bench_attention_case(Ops& ops, const char* what, const std::vector<int64_t>& seg_q,
+                          const std::vector<int64_t>& seg_kv, int64_t H, int64_t d, int iters) {
+  int64_t nq = 0, nk = 0;
+  double pairs = 0;
+  CuSeqlens cq{0}, ck{0};
+  for (size_t i = 0; i < seg_q.size(); ++i) {
+    nq += seg_q[i], nk += seg_kv[i];
+    pairs += double(seg_q[i]) * double(seg_kv[i]);
+    cq.push_back(nq);
+    ck.push_back(nk);
+  }
+  auto operand = [&](int64_t n, uint32_t seed) {
+    Tensor h = Tensor::empty({n, H, d}, DType::BF16);
+    uint16_t* p = h.data<uint16_t>();
+    uint32_t x = seed * 2654435761u + 1;
+    for (int64_t i = 0; i < h.numel(); ++i) {
+      x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+      // bf16 values in [-1, 1): sign, exponent 121..126, random mantissa
+      p[i] = uint16_t(((x >> 31) << 15) | ((121 + (x >> 8) % 6) << 7) | (x & 0x7f));
+    }
+    return ops.weight(h, false);
+  };
+  const Tensor q = operand(nq, 1), k = operand(nk, 2), v = operand(nk, 3);
+  const float scale = 1.0f / std::sqrt(float(d));
+  auto run = [&] {
+    return seg_q.size() == 1 ? ops.attention(q, k, v, scale) : ops.attention_varlen(q, k, v, cq, ck, scale);
+  };
+  run();
+  ops.synchronize();
+  std::vector<double> times;
+  for (int i = 0; i < std::max(iters, 3); ++i) {
+    const double s = now();
+    Tensor o = run();
+    ops.synchronize();
+    times.push_back(now() - s);
+  }
+  std::sort(times.begin(), times.end());
+  const double med = times[times.size() / 2], flops = 4.0 * pairs * double(H) * double(d);
+  std::printf("attention %-44s H=%-3lld d=%lld tokens=%-7lld %8.3f ms  %6.1f TFLOP/s\n", what,
+              (long long)H, (long long)d, (long long)nq, med * 1e3, flops / med / 1e12);
+}
+
+// Issue 4's attention targets (dense at 40 and 12 heads x 32,760 tokens; varlen segments of
+// 2k tokens and more) and the calls of a MoGA forward at 187,200 tokens (1.3B: 12 heads;
+// groups of N/M, and the window and frame branches' 1,560-token segments). --tokens and
+// --segment give one case of your own instead (dense when --segment is 0).
+int bench_attention(const Args& a, Ops& ops) {
+  auto split = [](int64_t total, int64_t seg) {
+    std::vector<int64_t> s;
+    for (int64_t t = 0; t < total; t += seg) s.push_back(std::min(seg, total - t));
+    return s;
+  };
+  const int64_t d = 128;
+  if (a.segment >= 0 && a.tokens_set) {
+    const auto s = a.segment > 0 ? split(a.tokens, a.segment) : std::vector<int64_t>{a.tokens};
+    const std::string what = a.segment > 0 ? "varlen, segments of " + std::to_string(a.segment) : "dense";
+    bench_attention_case(ops, what.c_str(), s, s, a.heads, d, a.iters);
+    return 0;
+  }
+  bench_attention_case(ops, "dense (14B shape)", {32760}, {32760}, 40, d, a.iters);
+  bench_attention_case(ops, "dense (1.3B shape)", {32760}, {32760}, 12, d, a.iters);
+  for (int64_t seg : {2048, 4096, 8192, 16384}) {
+    const auto s = split(131072, seg);
+    bench_attention_case(ops, ("varlen, segments of " + std::to_string(seg)).c_str(), s, s, 40, d, a.iters);
+  }
+  const int64_t N = 187200, M = a.groups;
+  const auto groups = split(N, (N + M - 1) / M);
+  bench_attention_case(ops, ("MoGA groups, 187,200 tokens / " + std::to_string(M)).c_str(), groups,
+                       groups, 12, d, a.iters);
+  const auto frames = split(N, 1560);
+  bench_attention_case(ops, "MoGA frames or windows, 120 x 1,560", frames, frames, 12, d, a.iters);
+  bench_attention_case(ops, "dense, 187,200 tokens", {N}, {N}, 12, d, 1);
   return 0;
 }
 
@@ -282,7 +364,9 @@ int main(int argc, char** argv) {
     else if (k == "--width") a.width = std::stoi(v);
     else if (k == "--iters") a.iters = std::stoi(v);
     else if (k == "--groups") a.groups = std::stoi(v);
-    else if (k == "--tokens") a.tokens = std::stoi(v);
+    else if (k == "--tokens") a.tokens = std::stoi(v), a.tokens_set = true;
+    else if (k == "--heads") a.heads = std::stoi(v);
+    else if (k == "--segment") a.segment = std::stoi(v);
     else if (k == "--text") a.text = std::stoi(v);
     else if (k == "--profile") a.profile = v == "1" || v == "on" || v == "true";
     else if (k == "--warmup") a.warmup = std::stoi(v);
@@ -298,7 +382,8 @@ int main(int argc, char** argv) {
     if (a.what == "dit") return bench_dit(a, *ops);
     if (a.what == "vae") return bench_vae(a, *ops);
     if (a.what == "t5") return bench_t5(a, *ops);
-    std::fprintf(stderr, "mogagen_bench: expected dit, vae or t5\n");
+    if (a.what == "attention") return bench_attention(a, *ops);
+    std::fprintf(stderr, "mogagen_bench: expected dit, vae, t5 or attention\n");
     return 2;
   } catch (const Error& e) {
     std::fprintf(stderr, "mogagen_bench: %s\n", e.what());

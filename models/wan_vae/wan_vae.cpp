@@ -354,6 +354,7 @@ int WanVaeDecoder::Cache::next() {
 }
 
 Tensor WanVaeDecoder::conv(const Tensor& x, const Conv& c, int pad_t_front) {
+  PartProfile::Scope p(profile_, "conv3d");
   return ops_.conv3d(x, c.w, c.b.defined() ? &c.b : nullptr, pad_t_front, c.kh / 2, c.kw / 2);
 }
 
@@ -366,31 +367,41 @@ Tensor WanVaeDecoder::causal(const Tensor& x, const Conv& c, Cache& cache) {
   const int idx = cache.next();
   Tensor& old = cache.slot[idx];
   const int64_t T = x.dim(1);
-  Tensor keep = ops_.slice_time(x, std::max<int64_t>(0, T - kCacheT), T);
-  if (keep.dim(1) < kCacheT && old.defined())
-    keep = ops_.cat_time(ops_.slice_time(old, old.dim(1) - 1, old.dim(1)), keep);
-  Tensor y;
-  if (old.defined())
-    y = conv(ops_.cat_time(old, x), c, std::max<int>(0, pad_t - int(old.dim(1))));
-  else
-    y = conv(x, c, pad_t);
+  Tensor keep, in;
+  {
+    PartProfile::Scope p(profile_, "causal cache copies");
+    keep = ops_.slice_time(x, std::max<int64_t>(0, T - kCacheT), T);
+    if (keep.dim(1) < kCacheT && old.defined())
+      keep = ops_.cat_time(ops_.slice_time(old, old.dim(1) - 1, old.dim(1)), keep);
+    if (old.defined()) in = ops_.cat_time(old, x);
+  }
+  Tensor y = old.defined() ? conv(in, c, std::max<int>(0, pad_t - int(old.dim(1)))) : conv(x, c, pad_t);
+  in = Tensor();
+  PartProfile::Scope p(profile_, "causal cache copies");
   old = ops_.hold_frames(keep);
   return y;
+}
+
+Tensor WanVaeDecoder::norm_silu(const Tensor& x, const Tensor& gamma) {
+  PartProfile::Scope p(profile_, "norm and SiLU");
+  return ops_.silu(ops_.channel_l2_norm(x, gamma));
 }
 
 Tensor WanVaeDecoder::resblock(const Tensor& x, const ResBlock& r, Cache& cache) {
   const Tensor h = r.shortcut.w.defined() ? conv(x, r.shortcut, 0) : x;
   // one statement per step: each intermediate is released before the next conv runs
-  Tensor y = ops_.silu(ops_.channel_l2_norm(x, r.gamma1));
+  Tensor y = norm_silu(x, r.gamma1);
   y = causal(y, r.conv1, cache);
-  y = ops_.silu(ops_.channel_l2_norm(y, r.gamma2));
+  y = norm_silu(y, r.gamma2);
   y = causal(y, r.conv2, cache);
+  PartProfile::Scope p(profile_, "residual adds");
   return ops_.add(y, h);
 }
 
 // AttentionBlock: single head, per frame over its h*w positions, head dim C, scale
 // 1/sqrt(C); 1x1 convs as linear layers over [h*w, C] tokens; plus the residual.
 Tensor WanVaeDecoder::attention(const Tensor& x, const Attn& a) {
+  PartProfile::Scope prof(profile_, "middle attention");
   const int64_t C = x.dim(0), T = x.dim(1), H = x.dim(2), W = x.dim(3), HW = H * W;
   const Tensor n = ops_.channel_l2_norm(x, a.gamma);
   const float scale = 1.0f / std::sqrt(float(C));
@@ -412,6 +423,7 @@ Tensor WanVaeDecoder::attention(const Tensor& x, const Attn& a) {
 // first chunk skips it ("Rep", one frame stays one frame); the second runs it with zero
 // history (the first chunk's frame is not context); later chunks use the cached frames.
 Tensor WanVaeDecoder::upsample(const Tensor& x_in, const Stage& s, Cache& cache) {
+  using Part = PartProfile::Scope;
   Tensor x = x_in;
   if (s.kind == Stage::Up3d) {
     const int idx = cache.next();
@@ -420,26 +432,41 @@ Tensor WanVaeDecoder::upsample(const Tensor& x_in, const Stage& s, Cache& cache)
       cache.rep[idx] = true;
     } else {
       const int64_t T = x.dim(1);
-      Tensor keep = ops_.slice_time(x, std::max<int64_t>(0, T - kCacheT), T);
-      Tensor y;
-      if (cache.rep[idx]) {
-        if (keep.dim(1) < kCacheT) {
-          Shape zs = keep.shape();
-          zs[1] = kCacheT - keep.dim(1);
-          keep = ops_.cat_time(ops_.zeros(zs), keep);
+      Tensor keep, in, y;
+      {
+        Part p(profile_, "causal cache copies");
+        keep = ops_.slice_time(x, std::max<int64_t>(0, T - kCacheT), T);
+        if (cache.rep[idx]) {
+          if (keep.dim(1) < kCacheT) {
+            Shape zs = keep.shape();
+            zs[1] = kCacheT - keep.dim(1);
+            keep = ops_.cat_time(ops_.zeros(zs), keep);
+          }
+        } else {
+          if (keep.dim(1) < kCacheT)
+            keep = ops_.cat_time(ops_.slice_time(old, old.dim(1) - 1, old.dim(1)), keep);
+          in = ops_.cat_time(old, x);
         }
+      }
+      if (cache.rep[idx]) {
         y = conv(x, s.time_conv, kCacheT);
         cache.rep[idx] = false;
       } else {
-        if (keep.dim(1) < kCacheT)
-          keep = ops_.cat_time(ops_.slice_time(old, old.dim(1) - 1, old.dim(1)), keep);
-        y = conv(ops_.cat_time(old, x), s.time_conv, std::max<int>(0, kCacheT - int(old.dim(1))));
+        y = conv(in, s.time_conv, std::max<int>(0, kCacheT - int(old.dim(1))));
+        in = Tensor();
       }
+      Part p(profile_, "causal cache copies");
       old = ops_.hold_frames(keep);
       x = ops_.interleave_time(y);  // [2C, T, H, W] -> [C, 2T, H, W]
     }
   }
-  return conv(ops_.upsample2x(x), s.spatial, 0);
+  Tensor up;
+  {
+    Part p(profile_, "upsample");
+    up = ops_.upsample2x(x);
+  }
+  x = Tensor();
+  return conv(up, s.spatial, 0);
 }
 
 // One latent frame through the decoder. The stages after the last temporal upsample (and
@@ -467,8 +494,9 @@ Tensor WanVaeDecoder::chunk(const Tensor& x, Cache& cache) {
     if (t + 1 == T) h = Tensor();  // the last frame is sliced: the stage input can go
     for (size_t i = tail; i < stages_.size(); ++i)
       f = stages_[i].kind == Stage::Res ? resblock(f, stages_[i].res, cache) : upsample(f, stages_[i], cache);
-    f = ops_.silu(ops_.channel_l2_norm(f, head_gamma_));
+    f = norm_silu(f, head_gamma_);
     f = causal(f, head_conv_, cache);
+    PartProfile::Scope p(profile_, "causal cache copies");
     out = out.defined() ? ops_.cat_time(out, f) : f;
   }
   return out;
@@ -512,8 +540,13 @@ void WanVaeDecoder::decode(const Tensor& z_norm, const Sink& sink, bool clamp) {
   for (int64_t i = 0; i < T; ++i) {
     Tensor out = chunk(T == 1 ? x : ops_.slice_time(x, i, i + 1), cache);
     note_cache(cache);
-    if (clamp) out = ops_.clamp(out, -1.0f, 1.0f);
-    sink(ops_.download(out));
+    Tensor host;
+    {
+      PartProfile::Scope p(profile_, "download");
+      if (clamp) out = ops_.clamp(out, -1.0f, 1.0f);
+      host = ops_.download(out);
+    }
+    sink(host);
   }
 }
 

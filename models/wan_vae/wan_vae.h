@@ -12,6 +12,7 @@
 
 #include "mogagen/checkpoint.h"
 #include "mogagen/ops.h"
+#include "mogagen/profile.h"
 
 namespace mg {
 
@@ -70,6 +71,13 @@ class WanVaeDecoder {
   int cache_slots() const { return slots_used_; }        // slots per chunk (32 for Wan)
   size_t max_cache_bytes() const { return max_cache_bytes_; }  // peak total cache size
 
+  // Seconds per part of the decodes run while profiling is on (mogagen_bench vae --profile
+  // on): "conv3d", "norm and SiLU", "causal cache copies" (slices, concatenations, held
+  // frames), "upsample", "middle attention", "residual adds", "download". Each part is
+  // bracketed by synchronizes, so a profiled decode is slower than a plain one.
+  void set_profiling(bool on) { profile_.enable(on); }
+  const std::map<std::string, double>& profile() const { return profile_.seconds(); }
+
  private:
   struct Conv {
     Tensor w, b;  // w [Co, Ci, kt, kh, kw]; b may be undefined
@@ -101,6 +109,7 @@ class WanVaeDecoder {
   Tensor bind_gamma(const WeightMap& m, const std::string& name);
   Tensor conv(const Tensor& x, const Conv& c, int pad_t_front);
   Tensor causal(const Tensor& x, const Conv& c, Cache& cache);
+  Tensor norm_silu(const Tensor& x, const Tensor& gamma);  // SiLU(channel RMS norm), profiled
   Tensor resblock(const Tensor& x, const ResBlock& r, Cache& cache);
   Tensor attention(const Tensor& x, const Attn& a);
   Tensor upsample(const Tensor& x, const Stage& s, Cache& cache);
@@ -116,6 +125,7 @@ class WanVaeDecoder {
   Tensor head_gamma_;
   int max_cached_ = 0, slots_used_ = 0;
   size_t max_cache_bytes_ = 0;
+  PartProfile profile_{ops_};
 };
 
 }  // namespace mg
