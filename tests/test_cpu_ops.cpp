@@ -123,6 +123,21 @@ TEST(CpuOps, UnpermuteRowsAndMeanInput) {
   EXPECT_THROW(ops->unpermute_rows(x, ops->index({0, 0, 1, 2, 3}), nullptr), Error);  // a repeat
 }
 
+// linear_residual_ is its definition on the CPU: linear, then gated_add_ (or add_).
+TEST(CpuOps, LinearResidualIsTheComposition) {
+  auto ops = make_cpu_ops();
+  const Tensor x = randn({6, 8}, 74), w = randn({5, 8}, 75), b = randn({5}, 76), g = randn({1, 5}, 77);
+  const Tensor acc0 = randn({6, 5}, 78);
+  Tensor gated = acc0.clone(), plain = acc0.clone(), want_g = acc0.clone(), want_p = acc0.clone();
+  ops->linear_residual_(gated, x, w, &b, &g);
+  ops->gated_add_(want_g, ops->linear(x, w, &b), g);
+  ops->linear_residual_(plain, x, w, &b, nullptr);
+  ops->add_(want_p, ops->linear(x, w, &b));
+  EXPECT_EQ(rel_error(gated, want_g), 0.0);
+  EXPECT_EQ(rel_error(plain, want_p), 0.0);
+  EXPECT_GT(rel_error(gated, acc0), 0.0);
+}
+
 // rms_norm_rope is exactly its composition on the CPU (the reference).
 TEST(CpuOps, RmsNormRopeIsTheComposition) {
   auto ops = make_cpu_ops();

@@ -189,6 +189,55 @@ TEST(CudaOps, LinearGelu) {
   check(b.down(y), b.cpu->gelu_tanh(b.cpu->linear(x, w, nullptr)), kF32Tol, "linear_gelu f32");
 }
 
+// The residual update folded into the GEMM: acc += gate (.) (x w^T + b), with and without
+// gate and bias, into a whole tensor and into a row slice (the FFN's tiles). The update
+// (acc after minus before) is compared, so the check is not diluted by acc itself. The
+// gated case must differ in rounding from the GPU composition somewhere: identical bits
+// would mean the fused path never ran.
+TEST(CudaOps, LinearResidual) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [m, k, n] : {std::array<int64_t, 3>{300, 256, 1024}, {77, 64, 200}, {4096, 1536, 1536}}) {
+    const Tensor x = randn({m, k}, 145), w = randn({n, k}, 146, 0.1f), bias = randn({n}, 147);
+    const Tensor gate = randn({1, n}, 148), acc0 = randn({m, n}, 149, 4.0f);
+    const Tensor wd = b.gpu->weight(w), bd = b.gpu->weight(bias, true), gd = b.up(gate);
+    for (int variant = 0; variant < 3; ++variant) {  // gate and bias; bias only; gate only
+      const Tensor* hb = variant == 2 ? nullptr : &bias;
+      const Tensor* db = variant == 2 ? nullptr : &bd;
+      const Tensor* hg = variant == 1 ? nullptr : &gate;
+      const Tensor* dg = variant == 1 ? nullptr : &gd;
+      Tensor ref = acc0.clone();
+      b.cpu->linear_residual_(ref, bf16_round(x), bf16_round(w), hb, hg);
+      Tensor acc = b.up(acc0);
+      b.gpu->linear_residual_(acc, b.up(x), wd, db, dg);
+      const char* what[3] = {"linear_residual_ gate and bias", "linear_residual_ no gate",
+                             "linear_residual_ no bias"};
+      check(b.cpu->add(b.down(acc), b.cpu->scale(acc0, -1.0f)),
+            b.cpu->add(ref, b.cpu->scale(acc0, -1.0f)), 1e-4, what[variant]);
+      if (variant == 0) {
+        Tensor comp = b.up(acc0);
+        b.gpu->gated_add_(comp, b.gpu->linear(b.up(x), wd, &bd), gd);
+        EXPECT_GT(rel_error(b.down(acc), b.down(comp)), 0.0)
+            << "bit-identical to the composition: cuBLASLt's alpha-vector GEMM did not run";
+      }
+    }
+    // into rows [m/3, m) of a larger tensor, as the FFN's tiles update the stream
+    const int64_t r0 = m / 3;
+    Tensor big = b.up(acc0), ref = acc0.clone();
+    Tensor tile = big.rows(r0, m), ref_tile = ref.rows(r0, m);
+    b.gpu->linear_residual_(tile, b.up(x.rows(r0, m).clone()), wd, &bd, &gd);
+    b.cpu->linear_residual_(ref_tile, bf16_round(x.rows(r0, m).clone()), bf16_round(w), &bias, &gate);
+    check(b.cpu->add(b.down(big), b.cpu->scale(acc0, -1.0f)), b.cpu->add(ref, b.cpu->scale(acc0, -1.0f)),
+          1e-4, "linear_residual_ into a row slice");
+  }
+  // float32 weights: the exact composition
+  const Tensor x = randn({40, 32}, 150), w = randn({48, 32}, 151, 0.1f), acc0 = randn({40, 48}, 152);
+  Tensor ref = acc0.clone(), acc = b.up(acc0);
+  b.cpu->linear_residual_(ref, x, w, nullptr, nullptr);
+  b.gpu->linear_residual_(acc, b.up(x), b.gpu->weight(w, true), nullptr, nullptr);
+  check(b.down(acc), ref, kF32Tol, "linear_residual_ f32 weights");
+}
+
 TEST(CudaOps, Elementwise) {
   REQUIRE_CUDA();
   Backends b;

@@ -65,6 +65,21 @@ class Ops {
   virtual Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor* b) {
     return gelu_tanh(linear(x, w, b));
   }
+  // acc += gate * linear(x, w, b) (gate [N_out], broadcast over the rows; null: 1), acc
+  // float32 with linear's output shape: the residual stream's update after an attention's
+  // output projection and after the FFN. The composition (linear, then gated_add_ or add_)
+  // is the definition and the CPU's path. CUDA folds the update into the GEMM with bf16
+  // weights (cuBLASLt: D = gate * (x w^T) + 1 * C + gate * b, with C = D = acc), so the
+  // float32 product is never written and read back; where cuBLASLt offers no algorithm
+  // for that, the composition runs.
+  virtual void linear_residual_(Tensor& acc, const Tensor& x, const Tensor& w, const Tensor* b,
+                                const Tensor* gate) {
+    const Tensor y = linear(x, w, b);
+    if (gate)
+      gated_add_(acc, y, *gate);
+    else
+      add_(acc, y);
+  }
   // How linear() multiplies F32 weights from now on. Exact: float32 products (the default).
   // Tf32: TF32 tensor cores where the backend has them (10-bit mantissa products, float32
   // accumulation, as the VAE's convolutions); the CPU backend stays exact. Returns the

@@ -610,8 +610,8 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
 
 // Cross-attention (§1.4 step 7, moga-spec "Multi-shot"): norm3 (affine LN), q RMS-normed;
 // the tokens of shot s attend only to caption s's text_len rows; no mask, no gate.
-Tensor WanDit::cross_attention(const Block& b, int bi, const Tensor& x, const TextCache& text,
-                               const Grid& g) {
+void WanDit::cross_attention_(const Block& b, int bi, Tensor& x, const TextCache& text,
+                              const Grid& g) {
   const int64_t N = g.N, H = cfg_.num_heads, hd = cfg_.head_dim();
   const float eps = static_cast<float>(cfg_.eps);
   const float scale = 1.0f / std::sqrt(float(hd));
@@ -631,7 +631,8 @@ Tensor WanDit::cross_attention(const Block& b, int bi, const Tensor& x, const Te
     o = ops_.attention_varlen(q, text.k[bi], text.v[bi], cu_q, cu_kv, scale);
     count_attention(cu_q, cu_kv);
   }
-  return ops_.linear(o.reshape({N, int64_t(cfg_.dim)}), b.co_w, &b.co_b);
+  xn = q = Tensor();
+  ops_.linear_residual_(x, o.reshape({N, int64_t(cfg_.dim)}), b.co_w, &b.co_b, nullptr);
 }
 
 // ---- forward (§1.4) ---------------------------------------------------------------------------
@@ -733,12 +734,14 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     Tensor o = mode == AttentionMode::Moga ? self_attention_moga(bi, routing, q, k, v, g, wp)
                                            : self_attention_dense(q, k, v);
     q = k = v = Tensor();
-    ops_.gated_add_(xs, ops_.linear(o.reshape({N, d}), b.so_w, &b.so_b), mod(2));
+    const Tensor gate1 = mod(2), gate2 = mod(5);
+    ops_.linear_residual_(xs, o.reshape({N, d}), b.so_w, &b.so_b, &gate1);  // xs += gate1 (o W + b)
+    o = Tensor();
 
-    // Cross-attention (no modulation, no gate).
+    // Cross-attention (no modulation, no gate): adds its output projection to xs.
     {
       Section s(profile_, "cross-attention");
-      ops_.add_(xs, cross_attention(b, bi, xs, text, g));
+      cross_attention_(b, bi, xs, text, g);
     }
 
     // FFN, tiled over tokens so the hidden [tile, ffn_dim] stays small at long lengths.
@@ -748,7 +751,7 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
       // the hidden [tile, ffn_dim] never exists in float32 on CUDA (Ops::linear_gelu)
       Tensor h = ops_.linear_gelu(ops_.layer_norm_modulate_gemm(xr, mod(3), mod(4), eps),
                                   b.ffn1_w, &b.ffn1_b);
-      ops_.gated_add_(xr, ops_.linear(h, b.ffn2_w, &b.ffn2_b), mod(5));
+      ops_.linear_residual_(xr, h, b.ffn2_w, &b.ffn2_b, &gate2);  // xr += gate2 (h W + b)
     }
   }
 

@@ -158,8 +158,8 @@ class WanDit {
   Tensor self_attention_moga(int block, Ops::GroupRouting& r, const Tensor& q, const Tensor& k,
                              const Tensor& v, const Grid& g, const WindowPlan& wp);
   Ops::GroupRouting route(const Block& b, const Tensor& x_in, bool host_copy) const;
-  Tensor cross_attention(const Block& b, int bi, const Tensor& x, const TextCache& text,
-                         const Grid& g);
+  // Cross-attention of the residual stream x, its output projection added to x in place.
+  void cross_attention_(const Block& b, int bi, Tensor& x, const TextCache& text, const Grid& g);
 
   WanDitConfig cfg_;
   Ops& ops_;

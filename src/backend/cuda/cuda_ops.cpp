@@ -189,6 +189,7 @@ struct GemmArgs {
   int64_t ldc = 0;
   cudaDataType_t ab = CUDA_R_32F;  // CUDA_R_16BF (fp32 accumulate) or CUDA_R_32F (no TF32)
   const void* bias = nullptr;      // [m], added to every column (epilogue)
+  const float* alpha_vec = nullptr;  // [m] on the device: D = alpha (.) (A B) + C + bias (run_residual)
   cudaDataType_t bias_type = CUDA_R_32F;  // CUDA_R_16BF only in the gelu mode (D's type)
   bool tf32 = false;               // F32 inputs on TF32 tensor cores (fp32 accumulation)
 };
@@ -244,6 +245,23 @@ class Gemm {
     if (g.bias) add_bias(g);
   }
 
+  // D = alpha (.) (A B) + C + bias with C = D = g.c (float32, in place): alpha a device
+  // vector over D's rows (g.alpha_vec) or 1. Returns false, having done nothing, when
+  // cuBLASLt has no algorithm for it: the caller then runs the composition.
+  bool run_residual(const GemmArgs& g) {
+    if (g.m <= 0 || g.n <= 0 || g.k <= 0) return false;
+    Entry& e = entry(g, false, true);
+    if (!e.ok) return false;
+    const float one = 1.0f;
+    if (g.bias)
+      MG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                     &g.bias, sizeof(g.bias)));
+    const void* alpha = g.alpha_vec ? static_cast<const void*>(g.alpha_vec) : &one;
+    MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, alpha, g.a, e.a, g.b, e.b, &one, g.c, e.c, g.c, e.c,
+                                   &e.algo, ws_, ws_bytes_, stream_));
+    return true;
+  }
+
   // The gelu epilogue with bf16 output (GeluBf16Out). Returns false, having done nothing,
   // when cuBLASLt has no algorithm for it: the caller then runs the composition.
   bool run_gelu_bf16(const GemmArgs& g, GeluBf16Out out) {
@@ -284,21 +302,31 @@ class Gemm {
     return g.tf32 && g.ab == CUDA_R_32F ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   }
 
-  Entry& entry(const GemmArgs& g, bool gelu_bf16) {
+  // residual: run_residual's mode (beta 1, alpha a device vector when g.alpha_vec is set)
+  Entry& entry(const GemmArgs& g, bool gelu_bf16, bool residual = false) {
+    const int64_t mode = int64_t(gelu_bf16) + 2 * int64_t(residual) +
+                         4 * int64_t(residual && g.alpha_vec) + 8 * int64_t(g.bias_type);
     const Key key{int64_t(g.ta),        int64_t(g.tb),         g.m,
                   g.n,                  g.k,                   g.lda,
                   g.ldb,                g.ldc,                 int64_t(g.ab),
                   g.bias != nullptr,    align_of(g.a),         align_of(g.b),
                   align_of(g.c),        g.bias ? align_of(g.bias) : 0, int64_t(g.tf32),
-                  int64_t(gelu_bf16) + 2 * int64_t(g.bias_type)};
+                  mode};
     auto it = cache_.find(key);
-    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g, gelu_bf16)).first;
+    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g, gelu_bf16, residual)).first;
     return it->second;
   }
 
-  Entry make_entry(const GemmArgs& g, bool gelu_bf16) {
+  Entry make_entry(const GemmArgs& g, bool gelu_bf16, bool residual) {
     Entry e;
     MG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, compute_type(g), CUDA_R_32F));
+    if (residual && g.alpha_vec) {
+      // alpha per row of D (the output feature: the gate), beta a host scalar (1)
+      const int32_t pm = CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST;
+      if (cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof(pm)) !=
+          CUBLAS_STATUS_SUCCESS)
+        return e;  // not offered: no algorithm, the caller composes
+    }
     MG_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &g.ta, sizeof(g.ta)));
     MG_CUBLAS_CHECK(
@@ -526,6 +554,36 @@ class CudaOps final : public Ops {
   Tensor gemm_input(const Tensor& x) override {
     bind();
     return to_bf16(x, "gemm_input", "x");
+  }
+
+  void linear_residual_(Tensor& acc, const Tensor& x, const Tensor& w, const Tensor* b,
+                        const Tensor* gate) override {
+    bind();
+    expect_out(acc, "linear_residual_", "acc");
+    expect_dev(x, "linear_residual_", "x");
+    expect_dev(w, "linear_residual_", "w");
+    if (w.dtype() == DType::BF16 && w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1)) {
+      const int64_t n = w.dim(0), m = x.numel() / w.dim(1);
+      if (acc.numel() != m * n)
+        throw internal_error("linear_residual_: acc " + acc.str() + " for x " + x.str() + " w " + w.str());
+      if (m == 0) return;
+      Tensor bias = linear_bias(b, w, "linear_residual_"), g;
+      if (gate) {
+        g = in_f32(*gate, "linear_residual_", "gate");
+        if (g.numel() != n)
+          throw internal_error("linear_residual_: gate " + gate->str() + " for " + w.str());
+        if (bias.defined()) bias = mul(g, bias);  // gate (.) b: the epilogue adds it after alpha
+      }
+      const Tensor xin = to_bf16(x, "linear_residual_", "x");
+      GemmArgs ga = linear_gemm(w, m, bias);
+      ga.ab = CUDA_R_16BF;
+      ga.a = w.raw();
+      ga.b = xin.raw();
+      ga.c = acc.data<float>();
+      ga.alpha_vec = gate ? g.data<float>() : nullptr;
+      if (gemm_->run_residual(ga)) return;
+    }
+    Ops::linear_residual_(acc, x, w, b, gate);  // float32 weights, or no cuBLASLt algorithm
   }
 
   Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor* b) override {
