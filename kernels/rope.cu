@@ -27,17 +27,24 @@ __global__ void rope_kernel(float* __restrict__ x, const float* __restrict__ cs,
 
 // One block per token row [h * hd]: the sum of squares over the row, then each pair (2p,
 // 2p+1) normalised, weighted and rotated, as rms_norm_kernel and rope_kernel compute them.
-__global__ void rms_norm_rope_kernel(const float* __restrict__ x, const float* __restrict__ w,
+__device__ __forceinline__ float2 pair(const float2* r, int64_t p) { return r[p]; }
+__device__ __forceinline__ float2 pair(const __nv_bfloat162* r, int64_t p) {
+  return __bfloat1622float2(r[p]);
+}
+
+// Pair: float2 (a float32 row) or __nv_bfloat162 (a bf16 row from linear_compact).
+template <typename Pair>
+__global__ void rms_norm_rope_kernel(const Pair* __restrict__ x, const float* __restrict__ w,
                                      const float* __restrict__ cs, const float* __restrict__ sn,
                                      __nv_bfloat162* __restrict__ y, int64_t d, int64_t half,
                                      float eps) {
   __shared__ float sh[32];
   const int64_t n = blockIdx.x;
-  const float2* r = reinterpret_cast<const float2*>(x + n * d);
   const int64_t pairs = d / 2;
+  const Pair* r = x + n * pairs;
   float s = 0.0f;
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const float2 v = r[p];
+    const float2 v = pair(r, p);
     s += v.x * v.x + v.y * v.y;
   }
   // block sum (every thread gets it)
@@ -51,7 +58,7 @@ __global__ void rms_norm_rope_kernel(const float* __restrict__ x, const float* _
   const float* c = cs + n * half;
   const float* sv = sn + n * half;
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const float2 v = r[p];
+    const float2 v = pair(r, p);
     const float a = (v.x * inv) * w[2 * p], b = (v.y * inv) * w[2 * p + 1];
     const int64_t j = p % half;
     const float cj = c[j], sj = sv[j];
@@ -75,14 +82,19 @@ __global__ void relative_bias_kernel(const float* __restrict__ table,
 
 }  // namespace
 
-void rms_norm_rope_bf16(const float* x, const float* w, const float* cos, const float* sin,
-                        uint16_t* y, int64_t n, int64_t h, int64_t hd, float eps,
+void rms_norm_rope_bf16(const void* x, bool x_bf16, const float* w, const float* cos,
+                        const float* sin, uint16_t* y, int64_t n, int64_t h, int64_t hd, float eps,
                         cudaStream_t stream) {
   if (n <= 0 || h <= 0 || hd <= 0) return;
   const int64_t d = h * hd, pairs = d / 2;
   const int threads = static_cast<int>(std::min<int64_t>(512, ((pairs + 31) / 32) * 32));
-  rms_norm_rope_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
-      x, w, cos, sin, reinterpret_cast<__nv_bfloat162*>(y), d, hd / 2, eps);
+  auto* yp = reinterpret_cast<__nv_bfloat162*>(y);
+  if (x_bf16)
+    rms_norm_rope_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
+        static_cast<const __nv_bfloat162*>(x), w, cos, sin, yp, d, hd / 2, eps);
+  else
+    rms_norm_rope_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
+        static_cast<const float2*>(x), w, cos, sin, yp, d, hd / 2, eps);
   MG_CUDA_LAUNCH_CHECK();
 }
 

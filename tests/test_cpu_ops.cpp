@@ -83,6 +83,10 @@ TEST(CpuOps, GemmInputFormsAreFloat32) {
   const Tensor g = ops->layer_norm_modulate_gemm(x, sh, sc, 1e-6f);
   EXPECT_EQ(g.dtype(), DType::F32);
   EXPECT_EQ(rel_error(g, ops->layer_norm_modulate(x, sh, sc, 1e-6f)), 0.0);
+  const Tensor w = randn({8, 16}, 79), b = randn({8}, 80);
+  const Tensor lc = ops->linear_compact(x, w, &b);
+  EXPECT_EQ(lc.dtype(), DType::F32);
+  EXPECT_EQ(rel_error(lc, ops->linear(x, w, &b)), 0.0);
 }
 
 // T5's relative position bias: bias[h, i, j] = table[bucket[j - i + L - 1], h], against the

@@ -189,6 +189,32 @@ TEST(CudaOps, LinearGelu) {
   check(b.down(y), b.cpu->gelu_tanh(b.cpu->linear(x, w, nullptr)), kF32Tol, "linear_gelu f32");
 }
 
+// linear_compact: the GEMM writes bf16 (bias in the epilogue); float32 weights fall back to
+// linear(). Against the CPU on bf16-rounded operands, and against the GPU's linear rounded.
+TEST(CudaOps, LinearCompact) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [m, k, n] : {std::array<int64_t, 3>{300, 256, 1024}, {77, 64, 200}, {4096, 1536, 1536}}) {
+    const Tensor x = randn({m, k}, 153), w = randn({n, k}, 154, 0.1f), bias = randn({n}, 155);
+    const Tensor wd = b.gpu->weight(w), bd = b.gpu->weight(bias, true);
+    for (const bool with_bias : {true, false}) {
+      const Tensor* hb = with_bias ? &bias : nullptr;
+      const Tensor* db = with_bias ? &bd : nullptr;
+      const Tensor y = b.gpu->linear_compact(b.up(x), wd, db);
+      EXPECT_EQ(y.dtype(), DType::BF16) << "no cuBLASLt bf16 output: linear() ran";
+      EXPECT_EQ(y.shape(), (Shape{m, n}));
+      check(b.down(y), b.cpu->linear(bf16_round(x), bf16_round(w), hb), kBf16Tol,
+            with_bias ? "linear_compact" : "linear_compact without bias");
+      check(b.down(y), bf16_round(b.down(b.gpu->linear(b.up(x), wd, db))), 5e-3,
+            "linear_compact vs GPU linear, rounded");
+    }
+  }
+  const Tensor x = randn({40, 32}, 156), w = randn({48, 32}, 157, 0.1f);
+  const Tensor y = b.gpu->linear_compact(b.up(x), b.gpu->weight(w, true), nullptr);
+  EXPECT_EQ(y.dtype(), DType::F32);
+  check(b.down(y), b.cpu->linear(x, w, nullptr), kF32Tol, "linear_compact f32 weights");
+}
+
 // The residual update folded into the GEMM: acc += gate (.) (x w^T + b), with and without
 // gate and bias, into a whole tensor and into a row slice (the FFN's tiles). The update
 // (acc after minus before) is compared, so the check is not diluted by acc itself. The
@@ -634,6 +660,15 @@ TEST(CudaOps, RmsNormRopeFused) {
     Tensor comp = b.gpu->rms_norm(b.up(x), wd, 1e-6f).reshape({n, h, hd});
     b.gpu->rope_(comp, cd, sd);
     check(b.down(y), b.down(b.gpu->compact(comp)), 4e-3, "rms_norm_rope vs GPU composition");
+    // a bf16 row (linear_compact's product) is read as it is: the same as its float32 value
+    Tensor ref16 = b.cpu->rms_norm(bf16_round(x), w, 1e-6f).reshape({n, h, hd});
+    b.cpu->rope_(ref16, c, s);
+    const Tensor y16 = b.gpu->rms_norm_rope(b.gpu->weight(x, false), wd, 1e-6f, h, cd, sd);
+    EXPECT_EQ(y16.dtype(), fused ? DType::BF16 : DType::F32);
+    check(b.down(y16), fused ? bf16_round(ref16) : ref16, fused ? 4e-3 : kF32Tol,
+          "rms_norm_rope from bf16 rows");
+    check(b.down(y16), b.down(b.gpu->rms_norm_rope(b.up(bf16_round(x)), wd, 1e-6f, h, cd, sd)), 0.0,
+          "rms_norm_rope bf16 rows vs their float32 values");
   }
 }
 

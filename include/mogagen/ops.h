@@ -80,6 +80,12 @@ class Ops {
     else
       add_(acc, y);
   }
+  // linear() for a product that only feeds ops taking the compact() form (the DiT's v, and
+  // q and k on their way to rms_norm_rope): CUDA writes it in bf16 from the GEMM's epilogue
+  // (bias included), never in float32; the CPU returns linear().
+  virtual Tensor linear_compact(const Tensor& x, const Tensor& w, const Tensor* b) {
+    return linear(x, w, b);
+  }
   // How linear() multiplies F32 weights from now on. Exact: float32 products (the default).
   // Tf32: TF32 tensor cores where the backend has them (10-bit mantissa products, float32
   // accumulation, as the VAE's convolutions); the CPU backend stays exact. Returns the
@@ -128,7 +134,7 @@ class Ops {
   // The DiT's q and k: RMSNorm over the whole row x [N, H * hd] (weight w), then RoPE per
   // head, in the compact() form attention reads: compact(rope_(rms_norm(x).reshape({N, H,
   // hd}))). That composition is the default; CUDA fuses it into one pass that reads the
-  // float32 row once and writes bf16 once.
+  // row once (float32, or bf16 from linear_compact) and writes bf16 once.
   virtual Tensor rms_norm_rope(const Tensor& x, const Tensor& w, float eps, int64_t heads,
                                const Tensor& cos, const Tensor& sin) {
     if (heads <= 0 || x.ndim() != 2 || x.dim(1) % heads != 0)

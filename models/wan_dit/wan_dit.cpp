@@ -727,9 +727,10 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     } else {
       ub = ops_.layer_norm_modulate_gemm(xs, mod(0), mod(1), eps);
     }
-    Tensor v = ops_.compact(ops_.linear(ub, b.sv_w, &b.sv_b).reshape({N, H, hd}));
-    Tensor q = ops_.rms_norm_rope(ops_.linear(ub, b.sq_w, &b.sq_b), b.s_norm_q, eps, H, rcos, rsin);
-    Tensor k = ops_.rms_norm_rope(ops_.linear(ub, b.sk_w, &b.sk_b), b.s_norm_k, eps, H, rcos, rsin);
+    // the GEMM products only feed attention (v) and the fused norm (q, k): bf16 on CUDA
+    Tensor v = ops_.compact(ops_.linear_compact(ub, b.sv_w, &b.sv_b).reshape({N, H, hd}));
+    Tensor q = ops_.rms_norm_rope(ops_.linear_compact(ub, b.sq_w, &b.sq_b), b.s_norm_q, eps, H, rcos, rsin);
+    Tensor k = ops_.rms_norm_rope(ops_.linear_compact(ub, b.sk_w, &b.sk_b), b.s_norm_k, eps, H, rcos, rsin);
     ub = Tensor();
     Tensor o = mode == AttentionMode::Moga ? self_attention_moga(bi, routing, q, k, v, g, wp)
                                            : self_attention_dense(q, k, v);

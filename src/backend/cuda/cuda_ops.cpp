@@ -190,13 +190,8 @@ struct GemmArgs {
   cudaDataType_t ab = CUDA_R_32F;  // CUDA_R_16BF (fp32 accumulate) or CUDA_R_32F (no TF32)
   const void* bias = nullptr;      // [m], added to every column (epilogue)
   const float* alpha_vec = nullptr;  // [m] on the device: D = alpha (.) (A B) + C + bias (run_residual)
-  cudaDataType_t bias_type = CUDA_R_32F;  // CUDA_R_16BF only in the gelu mode (D's type)
+  cudaDataType_t bias_type = CUDA_R_32F;  // CUDA_R_16BF only with a bf16 D (D's type)
   bool tf32 = false;               // F32 inputs on TF32 tensor cores (fp32 accumulation)
-};
-
-// D = GELU_tanh(A B + bias) in bf16 through cuBLASLt's epilogue (bf16 A and B only).
-struct GeluBf16Out {
-  uint16_t* d = nullptr;
 };
 
 int align_of(const void* p) {
@@ -228,7 +223,7 @@ class Gemm {
       if (g.bias) add_bias(g);
       return;
     }
-    Entry& e = entry(g, false);
+    Entry& e = entry(g, Out::F32);
     const float one = 1.0f, zero = 0.0f;
     if (e.ok) {
       if (g.bias)
@@ -250,7 +245,7 @@ class Gemm {
   // cuBLASLt has no algorithm for it: the caller then runs the composition.
   bool run_residual(const GemmArgs& g) {
     if (g.m <= 0 || g.n <= 0 || g.k <= 0) return false;
-    Entry& e = entry(g, false, true);
+    Entry& e = entry(g, Out::F32, true);
     if (!e.ok) return false;
     const float one = 1.0f;
     if (g.bias)
@@ -262,20 +257,21 @@ class Gemm {
     return true;
   }
 
-  // The gelu epilogue with bf16 output (GeluBf16Out). Returns false, having done nothing,
-  // when cuBLASLt has no algorithm for it: the caller then runs the composition.
-  bool run_gelu_bf16(const GemmArgs& g, GeluBf16Out out) {
+  // A bf16 D (bias in the epilogue, and the tanh-GELU when `gelu`): bf16 A and B only.
+  // Returns false, having done nothing, when cuBLASLt has no algorithm for it: the caller
+  // then runs the composition.
+  bool run_bf16(const GemmArgs& g, uint16_t* d, bool gelu) {
     if (g.m <= 0 || g.n <= 0 || g.k <= 0 || g.ab != CUDA_R_16BF) return false;
     GemmArgs h = g;
-    h.c = reinterpret_cast<float*>(out.d);  // only its address (alignment, pointer) is used
-    Entry& e = entry(h, true);
+    h.c = reinterpret_cast<float*>(d);  // only its address (alignment, pointer) is used
+    Entry& e = entry(h, gelu ? Out::GeluBf16 : Out::Bf16);
     if (!e.ok) return false;
     const float one = 1.0f, zero = 0.0f;
     if (g.bias)
       MG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &g.bias, sizeof(g.bias)));
-    MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, out.d, e.c, out.d,
-                                   e.c, &e.algo, ws_, ws_bytes_, stream_));
+    MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, d, e.c, d, e.c,
+                                   &e.algo, ws_, ws_bytes_, stream_));
     return true;
   }
 
@@ -302,10 +298,12 @@ class Gemm {
     return g.tf32 && g.ab == CUDA_R_32F ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   }
 
+  // What D is: float32 (run, run_residual), bf16, or bf16 after the tanh-GELU (run_bf16).
+  enum class Out { F32, Bf16, GeluBf16 };
   // residual: run_residual's mode (beta 1, alpha a device vector when g.alpha_vec is set)
-  Entry& entry(const GemmArgs& g, bool gelu_bf16, bool residual = false) {
-    const int64_t mode = int64_t(gelu_bf16) + 2 * int64_t(residual) +
-                         4 * int64_t(residual && g.alpha_vec) + 8 * int64_t(g.bias_type);
+  Entry& entry(const GemmArgs& g, Out out, bool residual = false) {
+    const int64_t mode = int64_t(out) + 4 * int64_t(residual) +
+                         8 * int64_t(residual && g.alpha_vec) + 16 * int64_t(g.bias_type);
     const Key key{int64_t(g.ta),        int64_t(g.tb),         g.m,
                   g.n,                  g.k,                   g.lda,
                   g.ldb,                g.ldc,                 int64_t(g.ab),
@@ -313,11 +311,12 @@ class Gemm {
                   align_of(g.c),        g.bias ? align_of(g.bias) : 0, int64_t(g.tf32),
                   mode};
     auto it = cache_.find(key);
-    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g, gelu_bf16, residual)).first;
+    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g, out, residual)).first;
     return it->second;
   }
 
-  Entry make_entry(const GemmArgs& g, bool gelu_bf16, bool residual) {
+  Entry make_entry(const GemmArgs& g, Out out, bool residual) {
+    const bool gelu = out == Out::GeluBf16, bf16_d = out != Out::F32;
     Entry e;
     MG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, compute_type(g), CUDA_R_32F));
     if (residual && g.alpha_vec) {
@@ -331,16 +330,16 @@ class Gemm {
         cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &g.ta, sizeof(g.ta)));
     MG_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSB, &g.tb, sizeof(g.tb)));
-    if (g.bias || gelu_bf16) {
+    if (g.bias || gelu) {
       const cublasLtEpilogue_t epi =
-          gelu_bf16 ? (g.bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
-                    : CUBLASLT_EPILOGUE_BIAS;
+          gelu ? (g.bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
+               : CUBLASLT_EPILOGUE_BIAS;
       MG_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
       // A float32 bias with a bf16 D needs the bias type set (it defaults to D's type); a
       // cuBLASLt that refuses leaves the entry without an algorithm (the caller falls back:
       // a bf16 copy of the bias, then the composition). A bf16 bias keeps the default.
-      if (g.bias && g.bias_type == CUDA_R_32F && gelu_bf16 &&
+      if (g.bias && g.bias_type == CUDA_R_32F && bf16_d &&
           cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                                          &g.bias_type, sizeof(g.bias_type)) != CUBLAS_STATUS_SUCCESS)
         return e;
@@ -348,7 +347,7 @@ class Gemm {
     const bool at = g.ta != CUBLAS_OP_N, bt = g.tb != CUBLAS_OP_N;
     MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, g.ab, at ? g.k : g.m, at ? g.m : g.k, g.lda));
     MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, g.ab, bt ? g.n : g.k, bt ? g.k : g.n, g.ldb));
-    MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, gelu_bf16 ? CUDA_R_16BF : CUDA_R_32F, g.m,
+    MG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, bf16_d ? CUDA_R_16BF : CUDA_R_32F, g.m,
                                                g.n, g.ldc));
 
     cublasLtMatmulPreference_t pref = nullptr;
@@ -602,15 +601,30 @@ class CudaOps final : public Ops {
       g.ab = CUDA_R_16BF;
       g.a = w.raw();
       g.b = xin.raw();
-      if (gemm_->run_gelu_bf16(g, GeluBf16Out{y.data<uint16_t>()})) return y;
-      if (bias.defined()) {  // cuBLASLt may take the bias only in D's type
-        const Tensor b16 = to_bf16(bias, "linear_gelu", "bias");
-        g.bias = b16.raw();
-        g.bias_type = CUDA_R_16BF;
-        if (gemm_->run_gelu_bf16(g, GeluBf16Out{y.data<uint16_t>()})) return y;
-      }
+      if (linear_bf16_out(g, bias, y, true, "linear_gelu")) return y;
     }
     return gelu_tanh(linear(x, w, b));  // float32 weights, or no cuBLASLt algorithm
+  }
+
+  Tensor linear_compact(const Tensor& x, const Tensor& w, const Tensor* b) override {
+    bind();
+    expect_dev(x, "linear_compact", "x");
+    expect_dev(w, "linear_compact", "w");
+    if (w.dtype() == DType::BF16 && w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1)) {
+      const int64_t m = x.numel() / w.dim(1);
+      const Tensor bias = linear_bias(b, w, "linear_compact");
+      Shape os = x.shape();
+      os.back() = w.dim(0);
+      Tensor y = alloc(os, DType::BF16);
+      if (m == 0) return y;
+      const Tensor xin = to_bf16(x, "linear_compact", "x");
+      GemmArgs g = linear_gemm(w, m, bias);
+      g.ab = CUDA_R_16BF;
+      g.a = w.raw();
+      g.b = xin.raw();
+      if (linear_bf16_out(g, bias, y, false, "linear_compact")) return y;
+    }
+    return linear(x, w, b);  // float32 weights, or no cuBLASLt algorithm
   }
 
   // ---- elementwise -------------------------------------------------------------------------------
@@ -734,7 +748,7 @@ class CudaOps final : public Ops {
     // the fused pass writes what compact() keeps: bf16 where cuDNN takes the head size
     if (hd <= 0 || x.dim(1) != heads * hd || hd % 2 || !cudnn_ok(hd))
       return Ops::rms_norm_rope(x, w, eps, heads, cos, sin);
-    const Tensor xx = in_f32(x, "rms_norm_rope", "x");
+    const Tensor xx = in_f32_or_bf16(x, "rms_norm_rope", "x");  // bf16: read as it is
     const Tensor ww = in_f32(w, "rms_norm_rope", "w");
     const Tensor c = in_f32(cos, "rms_norm_rope", "cos"), s = in_f32(sin, "rms_norm_rope", "sin");
     const int64_t n = x.dim(0);
@@ -742,7 +756,7 @@ class CudaOps final : public Ops {
       throw internal_error("rms_norm_rope: weight " + w.str() + ", tables " + cos.str() + " for " +
                            x.str());
     Tensor y = alloc({n, heads, hd}, DType::BF16);
-    cuda::rms_norm_rope_bf16(xx.data<float>(), ww.data<float>(), c.data<float>(), s.data<float>(),
+    cuda::rms_norm_rope_bf16(xx.raw(), xx.dtype() == DType::BF16, ww.data<float>(), c.data<float>(), s.data<float>(),
                              y.data<uint16_t>(), n, heads, hd, eps, stream_);
     return y;
   }
@@ -1289,6 +1303,17 @@ class CudaOps final : public Ops {
     g.ldc = n;
     g.bias = bias.defined() ? static_cast<const void*>(bias.data<float>()) : nullptr;
     return g;
+  }
+  // A bf16 GEMM result written by cuBLASLt (Gemm::run_bf16) into y: with the float32 bias
+  // first, then, where cuBLASLt takes the bias only in D's type, a bf16 copy of it. False:
+  // no algorithm either way (the caller composes).
+  bool linear_bf16_out(GemmArgs& g, const Tensor& bias, Tensor& y, bool gelu, const char* op) {
+    if (gemm_->run_bf16(g, y.data<uint16_t>(), gelu)) return true;
+    if (!bias.defined()) return false;
+    const Tensor b16 = to_bf16(bias, op, "bias");
+    g.bias = b16.raw();
+    g.bias_type = CUDA_R_16BF;
+    return gemm_->run_bf16(g, y.data<uint16_t>(), gelu);
   }
   // out[idx[i]] (+)= x[i] * w[i] over rows of `row` elements, x float32 or bf16
   void scatter_injective(Tensor& out, const Tensor& x, const Tensor& idx, const Tensor* w,
