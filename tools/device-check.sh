@@ -3,7 +3,7 @@
 # minutes to start a machine: few, full calls). Run from the repository root on the GPU
 # machine, with the golden sets copied to .golden/ and carried (docs/performance.md):
 #
-#   tools/device-check.sh [checks] [bench] [moga] [long]      (default: checks)
+#   tools/device-check.sh [checks] [bench] [moga] [long] [peer]      (default: checks)
 #
 # 1. unpacks the carried Debian packages (.debs/setup.sh) where the image lacks them;
 # 2. builds mogagen, mogagen_bench and mogagen_tests with CUDA into build/ (kept while the
@@ -19,6 +19,9 @@
 #           first (mogagen_bench --router balanced) (about 7 minutes)
 #   long    issue 5: 14B MoGA at 563,160 tokens, M = 5 and M = 20, one forward each with
 #           time and peak memory (about 5 minutes)
+#   peer    the PyTorch peer in the same lease (../shared/bench/peer_bench.py from .peer/,
+#           with diffusers' src/ from .peer/diffusers-src.tar.xz): eager and compiled 1.3B
+#           and 14B DiTs, the VAE, umT5-XXL, attention; JSON lines in $OUT/peer.json
 # The report goes to stdout and to $OUT/device-check.txt when OUT is set. The exit status
 # is the number of failed steps (0: all passed).
 set -uo pipefail
@@ -26,8 +29,8 @@ cd "$(dirname "$0")/.."
 parts="${*:-checks}"
 for p in $parts; do
   case "$p" in
-    checks | bench | moga | long) ;;
-    *) echo "device-check: unknown part '$p' (expected checks, bench, moga or long)" >&2; exit 2 ;;
+    checks | bench | moga | long | peer) ;;
+    *) echo "device-check: unknown part '$p' (expected checks, bench, moga, long or peer)" >&2; exit 2 ;;
   esac
 done
 want() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -100,6 +103,18 @@ if want long; then
     step "bench DiT 14b MoGA M=$g, 563,160 tokens" build/mogagen_bench dit --model 14b --frames 361 \
       --height 60 --width 104 --attention moga --groups $g --iters 1 --warmup 0
   done
+fi
+if want peer; then
+  # The peer of issue 4's ratios, for the same lease: ../shared/bench/peer_bench.py and a
+  # diffusers src/ tarball in .peer/ (git-ignored, carried; docs/performance.md says how)
+  if [ -f .peer/peer_bench.py ] && [ -f .peer/diffusers-src.tar.xz ]; then
+    rm -rf /tmp/peer && mkdir -p /tmp/peer && tar -xJf .peer/diffusers-src.tar.xz -C /tmp/peer
+    step "peer: PyTorch eager and compiled DiTs, VAE, umT5, attention" env DIFFUSERS_SRC=/tmp/peer/src \
+      python3 .peer/peer_bench.py "${OUT:-/tmp}/peer.json" dit13 dit13c dit14 dit14c vae t5 attn
+  else
+    log "== FAIL  peer: .peer/peer_bench.py or .peer/diffusers-src.tar.xz missing"
+    failed=$((failed + 1))
+  fi
 fi
 log "device-check: $failed step(s) failed"
 exit "$failed"
