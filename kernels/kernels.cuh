@@ -89,7 +89,7 @@ void channel_l2_norm(const float* x, const float* gamma, float* y, int64_t c, in
 // Interleaved rotary embedding in place on x [n, h, hd]; cos/sin [n, hd/2].
 // y[n, h, :] = bf16(RoPE(RMSNorm(x[n, :]) * w)) in one pass: row n of x [n, h * hd] is read
 // once, the result written once in bf16 (Ops::rms_norm_rope).
-// x float32, or bf16 when x_bf16 (a linear_compact product)
+// x float32, or bf16 when x_bf16 (a linear_compact product); cos = sin = null: no rotation
 void rms_norm_rope_bf16(const void* x, bool x_bf16, const float* w, const float* cos,
                         const float* sin, uint16_t* y, int64_t n, int64_t h, int64_t hd, float eps,
                         cudaStream_t stream);

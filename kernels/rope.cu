@@ -33,7 +33,8 @@ __device__ __forceinline__ float2 pair(const __nv_bfloat162* r, int64_t p) {
 }
 
 // Pair: float2 (a float32 row) or __nv_bfloat162 (a bf16 row from linear_compact).
-template <typename Pair>
+// Rotate false: the RMSNorm alone (the cross-attention's q; cs and sn unused).
+template <typename Pair, bool Rotate>
 __global__ void rms_norm_rope_kernel(const Pair* __restrict__ x, const float* __restrict__ w,
                                      const float* __restrict__ cs, const float* __restrict__ sn,
                                      __nv_bfloat162* __restrict__ y, int64_t d, int64_t half,
@@ -55,11 +56,15 @@ __global__ void rms_norm_rope_kernel(const Pair* __restrict__ x, const float* __
   s = lane < nw ? sh[lane] : 0.0f;
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   const float inv = 1.0f / sqrtf(s / static_cast<float>(d) + eps);
-  const float* c = cs + n * half;
-  const float* sv = sn + n * half;
+  const float* c = Rotate ? cs + n * half : nullptr;
+  const float* sv = Rotate ? sn + n * half : nullptr;
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
     const float2 v = pair(r, p);
     const float a = (v.x * inv) * w[2 * p], b = (v.y * inv) * w[2 * p + 1];
+    if (!Rotate) {
+      y[n * pairs + p] = __floats2bfloat162_rn(a, b);
+      continue;
+    }
     const int64_t j = p % half;
     const float cj = c[j], sj = sv[j];
     y[n * pairs + p] = __floats2bfloat162_rn(a * cj - b * sj, a * sj + b * cj);
@@ -89,11 +94,19 @@ void rms_norm_rope_bf16(const void* x, bool x_bf16, const float* w, const float*
   const int64_t d = h * hd, pairs = d / 2;
   const int threads = static_cast<int>(std::min<int64_t>(512, ((pairs + 31) / 32) * 32));
   auto* yp = reinterpret_cast<__nv_bfloat162*>(y);
-  if (x_bf16)
-    rms_norm_rope_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
+  const unsigned blocks = static_cast<unsigned>(n);
+  const bool rotate = cos != nullptr;  // null tables: the RMSNorm alone
+  if (x_bf16 && rotate)
+    rms_norm_rope_kernel<__nv_bfloat162, true><<<blocks, threads, 0, stream>>>(
         static_cast<const __nv_bfloat162*>(x), w, cos, sin, yp, d, hd / 2, eps);
+  else if (x_bf16)
+    rms_norm_rope_kernel<__nv_bfloat162, false><<<blocks, threads, 0, stream>>>(
+        static_cast<const __nv_bfloat162*>(x), w, cos, sin, yp, d, hd / 2, eps);
+  else if (rotate)
+    rms_norm_rope_kernel<float2, true><<<blocks, threads, 0, stream>>>(
+        static_cast<const float2*>(x), w, cos, sin, yp, d, hd / 2, eps);
   else
-    rms_norm_rope_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
+    rms_norm_rope_kernel<float2, false><<<blocks, threads, 0, stream>>>(
         static_cast<const float2*>(x), w, cos, sin, yp, d, hd / 2, eps);
   MG_CUDA_LAUNCH_CHECK();
 }

@@ -87,6 +87,11 @@ TEST(CpuOps, GemmInputFormsAreFloat32) {
   const Tensor lc = ops->linear_compact(x, w, &b);
   EXPECT_EQ(lc.dtype(), DType::F32);
   EXPECT_EQ(rel_error(lc, ops->linear(x, w, &b)), 0.0);
+  EXPECT_EQ(rel_error(ops->layer_norm_gemm(x, &sh, &sc, 1e-6f), ops->layer_norm(x, &sh, &sc, 1e-6f)), 0.0);
+  const Tensor q = ops->rms_norm_compact(x, sh, 1e-6f, 4);
+  EXPECT_EQ(q.shape(), (Shape{6, 4, 4}));
+  EXPECT_EQ(rel_error(q, ops->rms_norm(x, sh, 1e-6f).reshape({6, 4, 4})), 0.0);
+  EXPECT_THROW(ops->rms_norm_compact(x, sh, 1e-6f, 5), Error);
 }
 
 // T5's relative position bias: bias[h, i, j] = table[bucket[j - i + L - 1], h], against the

@@ -689,6 +689,34 @@ TEST(CudaOps, RelativePositionBias) {
   }
 }
 
+// The cross-attention's input path: the affine LayerNorm written as bf16 GEMM input (the
+// same bits as the float32 norm rounded), and q's RMSNorm over the row written in the
+// compact form from float32 or bf16 rows. A head size cuDNN cannot take keeps float32.
+TEST(CudaOps, CrossAttentionNorms) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [n, h, hd] : {std::array<int64_t, 3>{37, 12, 128}, {300, 4, 64}, {5, 3, 6}}) {
+    const int64_t d = h * hd;
+    const Tensor x = randn({n, d}, 165, 2.0f), w = randn({d}, 166), bias = randn({d}, 167);
+    const Tensor wd = b.gpu->weight(w, true), bd = b.gpu->weight(bias, true);
+    const Tensor ln = b.gpu->layer_norm_gemm(b.up(x), &wd, &bd, 1e-6f);
+    EXPECT_EQ(ln.dtype(), DType::BF16);
+    check(b.down(ln), bf16_round(b.cpu->layer_norm(x, &w, &bias, 1e-6f)), 4e-3, "layer_norm_gemm");
+    check(b.down(ln), bf16_round(b.down(b.gpu->layer_norm(b.up(x), &wd, &bd, 1e-6f))), 0.0,
+          "layer_norm_gemm vs GPU layer_norm rounded");
+    const bool fused = hd % 8 == 0;
+    const Tensor ref = b.cpu->rms_norm(x, w, 1e-6f).reshape({n, h, hd});
+    const Tensor q = b.gpu->rms_norm_compact(b.up(x), wd, 1e-6f, h);
+    EXPECT_EQ(q.dtype(), fused ? DType::BF16 : DType::F32);
+    EXPECT_EQ(q.shape(), (Shape{n, h, hd}));
+    check(b.down(q), fused ? bf16_round(ref) : ref, fused ? 4e-3 : kF32Tol, "rms_norm_compact");
+    const Tensor ref16 = b.cpu->rms_norm(bf16_round(x), w, 1e-6f).reshape({n, h, hd});
+    const Tensor q16 = b.gpu->rms_norm_compact(b.gpu->weight(x, false), wd, 1e-6f, h);
+    check(b.down(q16), fused ? bf16_round(ref16) : ref16, fused ? 4e-3 : kF32Tol,
+          "rms_norm_compact from bf16 rows");
+  }
+}
+
 // The VAE's cached frames are held in bf16 and read back as float32 by cat_time and
 // slice_time: exactly the bf16-rounded values, in the right frames.
 TEST(CudaOps, HoldFramesKeepsBf16) {

@@ -127,6 +127,20 @@ class Ops {
   // Wan VAE RMS_norm over channels of [C, T, H, W]: x / max(||x||_2, eps) * sqrt(C) * gamma[C]
   virtual Tensor channel_l2_norm(const Tensor& x, const Tensor& gamma, float eps = 1e-12f) = 0;
 
+  // gemm_input(layer_norm(x, w, b, eps)) for an input that only feeds GEMMs with bf16
+  // weights (the DiT's cross-attention q): CUDA writes the bf16 GEMM input directly.
+  virtual Tensor layer_norm_gemm(const Tensor& x, const Tensor* w, const Tensor* b, float eps) {
+    return gemm_input(layer_norm(x, w, b, eps));
+  }
+  // compact(rms_norm(x, w, eps).reshape({N, heads, hd})) for x [N, heads * hd] (float32 or
+  // bf16 from linear_compact): the cross-attention's q, in the form attention reads. CUDA
+  // reads the row once and writes bf16 once where cuDNN takes the head size.
+  virtual Tensor rms_norm_compact(const Tensor& x, const Tensor& w, float eps, int64_t heads) {
+    if (heads <= 0 || x.ndim() != 2 || x.dim(1) % heads != 0)
+      throw internal_error("rms_norm_compact: x " + x.str() + " for " + std::to_string(heads) + " heads");
+    return compact(rms_norm(x, w, eps).reshape({x.dim(0), heads, x.dim(1) / heads}));
+  }
+
   // ---- positional ----------------------------------------------------------------------
   // Interleaved (GPT-J) rotary embedding in place: x [N, H, hd]; cos/sin [N, hd/2]
   // (pair j of token n rotates by the angle whose cos/sin are cos[n, j], sin[n, j]).

@@ -615,8 +615,9 @@ void WanDit::cross_attention_(const Block& b, int bi, Tensor& x, const TextCache
   const int64_t N = g.N, H = cfg_.num_heads, hd = cfg_.head_dim();
   const float eps = static_cast<float>(cfg_.eps);
   const float scale = 1.0f / std::sqrt(float(hd));
-  Tensor xn = ops_.layer_norm(x, &b.norm3_w, &b.norm3_b, eps);
-  Tensor q = ops_.rms_norm(ops_.linear(xn, b.cq_w, &b.cq_b), b.c_norm_q, eps).reshape({N, H, hd});
+  // the norm's output and q's GEMM product only feed the GEMM and the q norm: bf16 on CUDA
+  Tensor xn = ops_.layer_norm_gemm(x, &b.norm3_w, &b.norm3_b, eps);
+  Tensor q = ops_.rms_norm_compact(ops_.linear_compact(xn, b.cq_w, &b.cq_b), b.c_norm_q, eps, H);
   Tensor o;
   const int S = static_cast<int>(g.shot_f0.size()) - 1;
   if (text.shots == 1) {

@@ -694,6 +694,39 @@ class CudaOps final : public Ops {
     return y;
   }
 
+  Tensor layer_norm_gemm(const Tensor& x, const Tensor* w, const Tensor* b, float eps) override {
+    bind();
+    const Tensor xx = in_f32(x, "layer_norm_gemm", "x");
+    const int64_t d = x.ndim() ? x.dim(-1) : 0;
+    Tensor ww, bb;
+    if (w) ww = in_f32(*w, "layer_norm_gemm", "w");
+    if (b) bb = in_f32(*b, "layer_norm_gemm", "b");
+    if ((w && ww.numel() != d) || (b && bb.numel() != d))
+      throw internal_error("layer_norm_gemm: affine parameters for " + x.str());
+    Tensor y = alloc(x.shape(), DType::BF16);
+    const int64_t n = d ? x.numel() / d : 0;
+    cuda::layer_norm_bf16(xx.data<float>(), w ? ww.data<float>() : nullptr,
+                          b ? bb.data<float>() : nullptr, nullptr, nullptr, y.data<uint16_t>(), n, d,
+                          eps, stream_);
+    return y;
+  }
+
+  Tensor rms_norm_compact(const Tensor& x, const Tensor& w, float eps, int64_t heads) override {
+    bind();
+    const int64_t hd = heads > 0 && x.ndim() == 2 ? x.dim(1) / heads : 0;
+    if (hd <= 0 || x.dim(1) != heads * hd || hd % 2 || !cudnn_ok(hd))
+      return Ops::rms_norm_compact(x, w, eps, heads);
+    const Tensor xx = in_f32_or_bf16(x, "rms_norm_compact", "x");  // bf16: read as it is
+    const Tensor ww = in_f32(w, "rms_norm_compact", "w");
+    if (ww.numel() != x.dim(1))
+      throw internal_error("rms_norm_compact: weight " + w.str() + " for " + x.str());
+    const int64_t n = x.dim(0);
+    Tensor y = alloc({n, heads, hd}, DType::BF16);
+    cuda::rms_norm_rope_bf16(xx.raw(), xx.dtype() == DType::BF16, ww.data<float>(), nullptr, nullptr,
+                             y.data<uint16_t>(), n, heads, hd, eps, stream_);
+    return y;
+  }
+
   Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale,
                              float eps) override {
     return modulated_norm(x, shift, scale, eps, DType::F32);
