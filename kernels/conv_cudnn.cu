@@ -5,6 +5,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/kernels.cuh"
 #include "mogagen/error.h"
@@ -32,6 +34,9 @@ struct ConvPlan {
   cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
   size_t workspace = 0;
   bool ok = false;
+  // Every admissible algorithm, in the heuristics' order, until the first call has timed
+  // them on the real operands (then `algo` is the fastest and the list is cleared).
+  std::vector<std::pair<cudnnConvolutionFwdAlgo_t, size_t>> candidates;
   ~ConvPlan() {
     if (x) cudnnDestroyTensorDescriptor(x);
     if (y) cudnnDestroyTensorDescriptor(y);
@@ -59,7 +64,8 @@ std::string shape_str(const ConvKey& k) {
 }  // namespace
 
 struct CudnnConv3d::Impl {
-  explicit Impl(cudaStream_t s) : cudnn(s, "the VAE's conv3d runs im2col + GEMM") {}
+  explicit Impl(cudaStream_t s) : stream(s), cudnn(s, "the VAE's conv3d runs im2col + GEMM") {}
+  cudaStream_t stream;
   LazyCudnnHandle cudnn;  // declared first: destroyed after the plans
   cudnnHandle_t handle = nullptr;
   std::map<ConvKey, std::unique_ptr<ConvPlan>> cache;
@@ -116,9 +122,7 @@ struct CudnnConv3d::Impl {
                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf),
                 "algorithm heuristics");
       if (good) {
-        good = false;
-        why = "no implicit-GEMM algorithm within 1 GiB of workspace";
-        for (int i = 0; i < n && !good; ++i) {  // best first
+        for (int i = 0; i < n; ++i) {  // best first
           if (perf[i].status != CUDNN_STATUS_SUCCESS || !exact_kind(perf[i].algo) ||
               perf[i].memory > kMaxWorkspace)
             continue;
@@ -127,9 +131,15 @@ struct CudnnConv3d::Impl {
                                                       perf[i].algo, &bytes) != CUDNN_STATUS_SUCCESS ||
               bytes > kMaxWorkspace)
             continue;
-          p->algo = perf[i].algo;
-          p->workspace = bytes;
-          good = true;
+          p->candidates.emplace_back(perf[i].algo, bytes);
+        }
+        good = !p->candidates.empty();
+        if (good) {
+          p->algo = p->candidates.front().first;
+          p->workspace = p->candidates.front().second;
+          if (p->candidates.size() == 1) p->candidates.clear();  // nothing to choose
+        } else {
+          why = "no implicit-GEMM algorithm within 1 GiB of workspace";
         }
       }
     }
@@ -158,13 +168,43 @@ bool CudnnConv3d::forward(DeviceMemory& mem, const float* x, const float* w, flo
   const ConvKey key{s.ci, s.t, s.h, s.w, s.kt, s.kh, s.kw, co, s.pad_h, s.pad_w};
   ConvPlan* p = impl_->plan_for(key);
   if (!p) return false;
-  std::shared_ptr<void> ws;
-  if (p->workspace) ws = mem.scratch(p->workspace);
   const float one = 1.0f, zero = 0.0f;
-  const cudnnStatus_t st = cudnnConvolutionForward(impl_->handle, &one, p->x, x, p->w, w, p->conv,
-                                                   p->algo, ws.get(), p->workspace, &zero, p->y, y);
-  if (st != CUDNN_STATUS_SUCCESS)
-    throw device_error("cudnnConvolutionForward (" + shape_str(key) + "): " + cudnnGetErrorString(st));
+  auto run = [&](cudnnConvolutionFwdAlgo_t algo, size_t bytes) {
+    std::shared_ptr<void> ws;
+    if (bytes) ws = mem.scratch(bytes);
+    const cudnnStatus_t st = cudnnConvolutionForward(impl_->handle, &one, p->x, x, p->w, w, p->conv,
+                                                     algo, ws.get(), bytes, &zero, p->y, y);
+    if (st != CUDNN_STATUS_SUCCESS)
+      throw device_error("cudnnConvolutionForward (" + shape_str(key) + "): " + cudnnGetErrorString(st));
+  };
+  if (!p->candidates.empty()) {
+    // First call of this shape: time every admissible algorithm once on these operands
+    // (the heuristics' first pick is not always the fastest), keep the fastest, and run it
+    // last so that y is always its result.
+    cudaEvent_t e0, e1;
+    MG_CUDA_CHECK(cudaEventCreate(&e0));
+    MG_CUDA_CHECK(cudaEventCreate(&e1));
+    float best = -1.0f;
+    for (const auto& [algo, bytes] : p->candidates) {
+      MG_CUDA_CHECK(cudaEventRecord(e0, impl_->stream));
+      run(algo, bytes);
+      MG_CUDA_CHECK(cudaEventRecord(e1, impl_->stream));
+      MG_CUDA_CHECK(cudaEventSynchronize(e1));
+      float ms = 0.0f;
+      MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      if (best < 0.0f || ms < best) {
+        best = ms;
+        p->algo = algo;
+        p->workspace = bytes;
+      }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    log_debug("cuDNN conv3d " + shape_str(key) + ": algo " + std::to_string(int(p->algo)) +
+              " fastest of " + std::to_string(p->candidates.size()) + " (" + std::to_string(best) + " ms)");
+    p->candidates.clear();
+  }
+  run(p->algo, p->workspace);
   return true;
 }
 
