@@ -18,7 +18,8 @@
 #           profiles, then the dense ones; the routers are calibrated to balanced groups
 #           first (mogagen_bench --router balanced) (about 7 minutes)
 #   long    issue 5: 14B MoGA at 563,160 tokens, M = 5 and M = 20, one forward each with
-#           time and peak memory (about 5 minutes)
+#           time and peak memory; first issue 4's VAE decode of a minute (361 latent
+#           frames), its peak memory against 21 frames' (about 6 minutes)
 #   peer    the PyTorch peer in the same lease (../shared/bench/peer_bench.py from .peer/,
 #           with diffusers' src/ from .peer/diffusers-src.tar.xz): eager and compiled 1.3B
 #           and 14B DiTs, the VAE, umT5-XXL, attention; JSON lines in $OUT/peer.json
@@ -99,6 +100,8 @@ if want moga; then
   done
 fi
 if want long; then
+  # issue 4: a minute of video (361 latent frames -> 1,441 frames) decodes in bounded memory
+  step "bench VAE, 361 latent frames (1,441 frames)" build/mogagen_bench vae --frames 361
   for g in 5 20; do
     step "bench DiT 14b MoGA M=$g, 563,160 tokens" build/mogagen_bench dit --model 14b --frames 361 \
       --height 60 --width 104 --attention moga --groups $g --iters 1 --warmup 0
