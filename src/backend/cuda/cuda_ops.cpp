@@ -586,45 +586,13 @@ class CudaOps final : public Ops {
   }
 
   Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor* b) override {
-    bind();
-    expect_dev(x, "linear_gelu", "x");
-    expect_dev(w, "linear_gelu", "w");
-    if (w.dtype() == DType::BF16 && w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1)) {
-      const int64_t m = x.numel() / w.dim(1);
-      const Tensor bias = linear_bias(b, w, "linear_gelu");
-      Shape os = x.shape();
-      os.back() = w.dim(0);
-      Tensor y = alloc(os, DType::BF16);
-      if (m == 0) return y;
-      const Tensor xin = to_bf16(x, "linear_gelu", "x");
-      GemmArgs g = linear_gemm(w, m, bias);
-      g.ab = CUDA_R_16BF;
-      g.a = w.raw();
-      g.b = xin.raw();
-      if (linear_bf16_out(g, bias, y, true, "linear_gelu")) return y;
-    }
-    return gelu_tanh(linear(x, w, b));  // float32 weights, or no cuBLASLt algorithm
+    const Tensor y = linear_to_bf16(x, w, b, true, "linear_gelu");
+    return y.defined() ? y : gelu_tanh(linear(x, w, b));  // float32 weights, or no algorithm
   }
 
   Tensor linear_compact(const Tensor& x, const Tensor& w, const Tensor* b) override {
-    bind();
-    expect_dev(x, "linear_compact", "x");
-    expect_dev(w, "linear_compact", "w");
-    if (w.dtype() == DType::BF16 && w.ndim() == 2 && x.ndim() >= 1 && x.dim(-1) == w.dim(1)) {
-      const int64_t m = x.numel() / w.dim(1);
-      const Tensor bias = linear_bias(b, w, "linear_compact");
-      Shape os = x.shape();
-      os.back() = w.dim(0);
-      Tensor y = alloc(os, DType::BF16);
-      if (m == 0) return y;
-      const Tensor xin = to_bf16(x, "linear_compact", "x");
-      GemmArgs g = linear_gemm(w, m, bias);
-      g.ab = CUDA_R_16BF;
-      g.a = w.raw();
-      g.b = xin.raw();
-      if (linear_bf16_out(g, bias, y, false, "linear_compact")) return y;
-    }
-    return linear(x, w, b);  // float32 weights, or no cuBLASLt algorithm
+    const Tensor y = linear_to_bf16(x, w, b, false, "linear_compact");
+    return y.defined() ? y : linear(x, w, b);  // float32 weights, or no algorithm
   }
 
   // ---- elementwise -------------------------------------------------------------------------------
@@ -678,37 +646,10 @@ class CudaOps final : public Ops {
   // ---- norms -------------------------------------------------------------------------------------
 
   Tensor layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps) override {
-    bind();
-    const Tensor xx = in_f32(x, "layer_norm", "x");
-    const int64_t d = x.ndim() ? x.dim(-1) : 0;
-    Tensor ww, bb;
-    if (w) ww = in_f32(*w, "layer_norm", "w");
-    if (b) bb = in_f32(*b, "layer_norm", "b");
-    if ((w && ww.numel() != d) || (b && bb.numel() != d))
-      throw internal_error("layer_norm: affine parameters for " + x.str());
-    Tensor y = alloc(x.shape(), DType::F32);
-    const int64_t n = d ? x.numel() / d : 0;
-    cuda::layer_norm(xx.data<float>(), w ? ww.data<float>() : nullptr,
-                     b ? bb.data<float>() : nullptr, nullptr, nullptr, y.data<float>(), n, d, eps,
-                     stream_);
-    return y;
+    return affine_norm(x, w, b, eps, DType::F32, "layer_norm");
   }
-
   Tensor layer_norm_gemm(const Tensor& x, const Tensor* w, const Tensor* b, float eps) override {
-    bind();
-    const Tensor xx = in_f32(x, "layer_norm_gemm", "x");
-    const int64_t d = x.ndim() ? x.dim(-1) : 0;
-    Tensor ww, bb;
-    if (w) ww = in_f32(*w, "layer_norm_gemm", "w");
-    if (b) bb = in_f32(*b, "layer_norm_gemm", "b");
-    if ((w && ww.numel() != d) || (b && bb.numel() != d))
-      throw internal_error("layer_norm_gemm: affine parameters for " + x.str());
-    Tensor y = alloc(x.shape(), DType::BF16);
-    const int64_t n = d ? x.numel() / d : 0;
-    cuda::layer_norm_bf16(xx.data<float>(), w ? ww.data<float>() : nullptr,
-                          b ? bb.data<float>() : nullptr, nullptr, nullptr, y.data<uint16_t>(), n, d,
-                          eps, stream_);
-    return y;
+    return affine_norm(x, w, b, eps, DType::BF16, "layer_norm_gemm");  // the GEMM input, once
   }
 
   Tensor rms_norm_compact(const Tensor& x, const Tensor& w, float eps, int64_t heads) override {
@@ -1336,6 +1277,51 @@ class CudaOps final : public Ops {
     g.ldc = n;
     g.bias = bias.defined() ? static_cast<const void*>(bias.data<float>()) : nullptr;
     return g;
+  }
+  // LayerNorm with optional affine parameters, written in float32 or bf16 (`out`).
+  Tensor affine_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, DType out,
+                     const char* op) {
+    bind();
+    const Tensor xx = in_f32(x, op, "x");
+    const int64_t d = x.ndim() ? x.dim(-1) : 0;
+    Tensor ww, bb;
+    if (w) ww = in_f32(*w, op, "w");
+    if (b) bb = in_f32(*b, op, "b");
+    if ((w && ww.numel() != d) || (b && bb.numel() != d))
+      throw internal_error(std::string(op) + ": affine parameters for " + x.str());
+    Tensor y = alloc(x.shape(), out);
+    const int64_t n = d ? x.numel() / d : 0;
+    const float* wp = w ? ww.data<float>() : nullptr;
+    const float* bp = b ? bb.data<float>() : nullptr;
+    if (out == DType::BF16)
+      cuda::layer_norm_bf16(xx.data<float>(), wp, bp, nullptr, nullptr, y.data<uint16_t>(), n, d, eps,
+                            stream_);
+    else
+      cuda::layer_norm(xx.data<float>(), wp, bp, nullptr, nullptr, y.data<float>(), n, d, eps, stream_);
+    return y;
+  }
+
+  // The bf16 product of x and bf16 weights w (+ bias, then the tanh-GELU when `gelu`),
+  // written by cuBLASLt's epilogue; an undefined tensor where w is float32 or cuBLASLt has
+  // no algorithm (the caller composes).
+  Tensor linear_to_bf16(const Tensor& x, const Tensor& w, const Tensor* b, bool gelu, const char* op) {
+    bind();
+    expect_dev(x, op, "x");
+    expect_dev(w, op, "w");
+    if (w.dtype() != DType::BF16 || w.ndim() != 2 || x.ndim() < 1 || x.dim(-1) != w.dim(1))
+      return Tensor();
+    const int64_t m = x.numel() / w.dim(1);
+    const Tensor bias = linear_bias(b, w, op);
+    Shape os = x.shape();
+    os.back() = w.dim(0);
+    Tensor y = alloc(os, DType::BF16);
+    if (m == 0) return y;
+    const Tensor xin = to_bf16(x, op, "x");
+    GemmArgs g = linear_gemm(w, m, bias);
+    g.ab = CUDA_R_16BF;
+    g.a = w.raw();
+    g.b = xin.raw();
+    return linear_bf16_out(g, bias, y, gelu, op) ? y : Tensor();
   }
   // A bf16 GEMM result written by cuBLASLt (Gemm::run_bf16) into y: with the float32 bias
   // first, then, where cuBLASLt takes the bias only in D's type, a bf16 copy of it. False:
