@@ -22,7 +22,8 @@
 #           frames), its peak memory against 21 frames' (about 6 minutes)
 #   peer    the PyTorch peer in the same lease (../shared/bench/peer_bench.py from .peer/,
 #           with diffusers' src/ from .peer/diffusers-src.tar.xz): eager and compiled 1.3B
-#           and 14B DiTs, the VAE, umT5-XXL, attention; JSON lines in $OUT/peer.json
+#           and 14B DiTs, the VAE, umT5-XXL, attention (issue 4's four targets first: umT5,
+#           VAE, compiled 1.3B and 14B); JSON lines in $OUT/peer.json
 # The report goes to stdout and to $OUT/device-check.txt when OUT is set. The exit status
 # is the number of failed steps (0: all passed).
 set -uo pipefail
@@ -112,8 +113,10 @@ if want peer; then
   # diffusers src/ tarball in .peer/ (git-ignored, carried; docs/performance.md says how)
   if [ -f .peer/peer_bench.py ] && [ -f .peer/diffusers-src.tar.xz ]; then
     rm -rf /tmp/peer && mkdir -p /tmp/peer && tar -xJf .peer/diffusers-src.tar.xz -C /tmp/peer
-    step "peer: PyTorch eager and compiled DiTs, VAE, umT5, attention" env DIFFUSERS_SRC=/tmp/peer/src \
-      python3 .peer/peer_bench.py "${OUT:-/tmp}/peer.json" dit13 dit13c dit14 dit14c vae t5 attn
+    # each measurement is a JSON line as it comes (peer.log), so a cut-short call keeps them
+    step "peer: PyTorch eager and compiled DiTs, VAE, umT5, attention" bash -c "set -o pipefail; \
+      DIFFUSERS_SRC=/tmp/peer/src python3 .peer/peer_bench.py '${OUT:-/tmp}/peer.json' \
+      t5 vae dit13c dit14c attn dit13 dit14 2>&1 | tee '${OUT:-/tmp}/peer.log'"
   else
     log "== FAIL  peer: .peer/peer_bench.py or .peer/diffusers-src.tar.xz missing"
     failed=$((failed + 1))
