@@ -178,6 +178,12 @@ void gather_rows(const float* x, const int64_t* idx, float* y, int64_t m, int64_
 // The same for 16-bit rows (bf16 bit patterns).
 void gather_rows_u16(const uint16_t* x, const int64_t* idx, uint16_t* y, int64_t m, int64_t row,
                      cudaStream_t stream);
+// Strided conversions of `rows` rows of `len` elements (strides in elements): y[r * ys + i] =
+// x[r * xs + i] as float32 / as bf16 (round to nearest even). The VAE's time slabs.
+void bf16_to_f32_2d(const uint16_t* x, int64_t xs, float* y, int64_t ys, int64_t rows, int64_t len,
+                    cudaStream_t stream);
+void f32_to_bf16_2d(const float* x, int64_t xs, uint16_t* y, int64_t ys, int64_t rows, int64_t len,
+                    cudaStream_t stream);
 // For each destination u: out[dst[u], :] += sum_{s in [ptr[u], ptr[u+1])} x[src[s], :] * w[s]
 // in increasing s (deterministic; same order as the CPU backend). w may be null (1).
 void scatter_add_rows(float* out, const float* x, const int64_t* dst, const int64_t* ptr,

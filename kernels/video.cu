@@ -1,6 +1,9 @@
 // Video-tensor and token-row data movement: nearest 2x upsample, 2-D transpose, row
-// gather and deterministic row scatter-add. (cat/slice/interleave in time are strided
+// gather and deterministic row scatter-add, strided float32 <-> bf16 slabs (time slices of
+// the VAE's bf16 causal caches). (cat/slice/interleave in time are strided
 // copies issued from the host side with cudaMemcpy2DAsync.) Semantics: CpuOps.
+#include <cuda_bf16.h>
+
 #include <algorithm>
 
 #include "kernels/kernels.cuh"
@@ -77,6 +80,33 @@ void launch_gather(const T* x, const int64_t* idx, T* y, int64_t m, int64_t row,
   MG_CUDA_LAUNCH_CHECK();
 }
 
+__device__ __forceinline__ float cvt(__nv_bfloat16 v, float*) { return __bfloat162float(v); }
+__device__ __forceinline__ __nv_bfloat16 cvt(float v, __nv_bfloat16*) { return __float2bfloat16_rn(v); }
+
+// rows of len elements at strides xs / ys (elements): y[r * ys + i] = To(x[r * xs + i]).
+// blockIdx.y walks the rows, x-blocks the elements of a row, both grid-strided.
+template <typename From, typename To>
+__global__ void convert_2d_kernel(const From* __restrict__ x, int64_t xs, To* __restrict__ y,
+                                  int64_t ys, int64_t rows, int64_t len) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const From* xr = x + r * xs;
+    To* yr = y + r * ys;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < len;
+         i += int64_t(gridDim.x) * blockDim.x)
+      yr[i] = cvt(xr[i], static_cast<To*>(nullptr));
+  }
+}
+
+template <typename From, typename To>
+void launch_convert_2d(const From* x, int64_t xs, To* y, int64_t ys, int64_t rows, int64_t len,
+                       cudaStream_t stream) {
+  if (rows <= 0 || len <= 0) return;
+  const unsigned gx = static_cast<unsigned>(std::min<int64_t>((len + 255) / 256, 4096));
+  const unsigned gy = static_cast<unsigned>(std::min<int64_t>(rows, 65535));
+  convert_2d_kernel<From, To><<<dim3(gx, gy), 256, 0, stream>>>(x, xs, y, ys, rows, len);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
 __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restrict__ x,
                                    const int64_t* __restrict__ dst,
                                    const int64_t* __restrict__ ptr,
@@ -121,6 +151,16 @@ void gather_rows(const float* x, const int64_t* idx, float* y, int64_t m, int64_
 void gather_rows_u16(const uint16_t* x, const int64_t* idx, uint16_t* y, int64_t m, int64_t row,
                      cudaStream_t stream) {
   launch_gather(x, idx, y, m, row, stream);
+}
+
+void bf16_to_f32_2d(const uint16_t* x, int64_t xs, float* y, int64_t ys, int64_t rows, int64_t len,
+                    cudaStream_t stream) {
+  launch_convert_2d(reinterpret_cast<const __nv_bfloat16*>(x), xs, y, ys, rows, len, stream);
+}
+
+void f32_to_bf16_2d(const float* x, int64_t xs, uint16_t* y, int64_t ys, int64_t rows, int64_t len,
+                    cudaStream_t stream) {
+  launch_convert_2d(x, xs, reinterpret_cast<__nv_bfloat16*>(y), ys, rows, len, stream);
 }
 
 void scatter_add_rows(float* out, const float* x, const int64_t* dst, const int64_t* ptr,

@@ -147,6 +147,30 @@ TEST(CpuOps, LinearResidualIsTheComposition) {
   EXPECT_GT(rel_error(gated, acc0), 0.0);
 }
 
+// The VAE's cache after a chunk: the last two frames of [old, x] in time order, from no cache
+// yet, one or two cached frames, and one or three new frames.
+TEST(CpuOps, CacheTailKeepsTheLastFrames) {
+  auto ops = make_cpu_ops();
+  const int64_t f = 6;  // 2 x 3 pixels
+  auto frames = [&](int64_t t, float base) {  // [1, t, 2, 3], frame i filled with base + i
+    Tensor v = Tensor::empty({1, t, 2, 3});
+    for (int64_t i = 0; i < t * f; ++i) v.f32()[i] = base + float(i / f);
+    return v;
+  };
+  for (int64_t old_t : {0, 1, 2})
+    for (int64_t t : {1, 3}) {
+      const Tensor old = old_t ? frames(old_t, 10.0f) : Tensor(), x = frames(t, 20.0f);
+      const Tensor k = ops->cache_tail(old, x, 2);
+      std::vector<float> want;  // the timeline [old, x], its last two frames
+      for (int64_t i = 0; i < old_t; ++i) want.push_back(10.0f + float(i));
+      for (int64_t i = 0; i < t; ++i) want.push_back(20.0f + float(i));
+      want.erase(want.begin(), want.end() - std::min<int64_t>(2, int64_t(want.size())));
+      ASSERT_EQ(k.dim(1), int64_t(want.size())) << "old " << old_t << ", x " << t;
+      for (size_t j = 0; j < want.size(); ++j)
+        for (int64_t p = 0; p < f; ++p) EXPECT_EQ(k.f32()[int64_t(j) * f + p], want[j]);
+    }
+}
+
 // rms_norm_rope is exactly its composition on the CPU (the reference).
 TEST(CpuOps, RmsNormRopeIsTheComposition) {
   auto ops = make_cpu_ops();

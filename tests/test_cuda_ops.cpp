@@ -730,6 +730,29 @@ TEST(CudaOps, HoldFramesKeepsBf16) {
         "cat_time of held frames");
   check(b.down(b.gpu->slice_time(held, 1, 2)), b.cpu->slice_time(bf16_round(a), 1, 2), 0.0,
         "slice_time of held frames");
+  // both operands held, and a held second operand
+  check(b.down(b.gpu->cat_time(held, held)), b.cpu->cat_time(bf16_round(a), bf16_round(a)), 0.0,
+        "cat_time of two held tensors");
+  check(b.down(b.gpu->cat_time(b.up(x), held)), b.cpu->cat_time(x, bf16_round(a)), 0.0,
+        "cat_time, held second");
+}
+
+// The cache after a chunk, written held in one pass: the last min(2, T_old + T) frames of
+// [old, x], for no cache yet, one and two cached frames, one and three new frames. Exactly
+// the CPU's composition, rounded to bf16 once.
+TEST(CudaOps, CacheTailIsTheHeldComposition) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (int64_t old_t : {0, 1, 2})
+    for (int64_t t : {1, 3}) {
+      const Tensor x = randn({4, t, 5, 6}, uint32_t(158 + t));
+      const Tensor old = old_t ? bf16_round(randn({4, old_t, 5, 6}, uint32_t(160 + old_t))) : Tensor();
+      const Tensor want = bf16_round(b.cpu->cache_tail(old, x, 2));
+      const Tensor got = b.gpu->cache_tail(old_t ? b.gpu->hold_frames(b.up(old)) : Tensor(), b.up(x), 2);
+      EXPECT_EQ(got.dtype(), DType::BF16);
+      EXPECT_EQ(got.shape(), want.shape()) << "old " << old_t << " frames, x " << t;
+      check(b.down(got), want, 0.0, "cache_tail");
+    }
 }
 
 // conv3d with float32 weights (the VAE) runs through cuDNN by default and through im2col +

@@ -8,6 +8,7 @@
 //   attention q/k/v/o  [N, H, hd]        (token-major, heads inside)
 //   video tensors      [C, T, H, W]      (VAE, latents)
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -246,6 +247,16 @@ class Ops {
   // which cat_time and slice_time read back as float32. A causal conv rounds its inputs to
   // TF32 anyway (10 mantissa bits; bf16 keeps 7).
   virtual Tensor hold_frames(const Tensor& x) { return x; }
+  // The causal cache after a chunk: hold_frames() of the last min(frames, T_old + T) frames
+  // of cat_time(old, x), where old is the previous cache (undefined: none yet). That
+  // composition is the default; CUDA writes the held form once, from old's and x's frames.
+  virtual Tensor cache_tail(const Tensor& old, const Tensor& x, int64_t frames) {
+    const int64_t T = x.dim(1), from_x = std::min(frames, T);
+    Tensor keep = slice_time(x, T - from_x, T);
+    const int64_t from_old = old.defined() ? std::min(frames - from_x, old.dim(1)) : 0;
+    if (from_old > 0) keep = cat_time(slice_time(old, old.dim(1) - from_old, old.dim(1)), keep);
+    return hold_frames(keep);
+  }
   // 2D transpose of a [R, C] tensor.
   virtual Tensor transpose(const Tensor& x) = 0;
   // Clamp elementwise.

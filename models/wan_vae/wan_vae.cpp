@@ -366,19 +366,15 @@ Tensor WanVaeDecoder::causal(const Tensor& x, const Conv& c, Cache& cache) {
   if (pad_t == 0) return conv(x, c, 0);
   const int idx = cache.next();
   Tensor& old = cache.slot[idx];
-  const int64_t T = x.dim(1);
-  Tensor keep, in;
-  {
+  Tensor in;
+  if (old.defined()) {
     PartProfile::Scope p(profile_, "causal cache copies");
-    keep = ops_.slice_time(x, std::max<int64_t>(0, T - kCacheT), T);
-    if (keep.dim(1) < kCacheT && old.defined())
-      keep = ops_.cat_time(ops_.slice_time(old, old.dim(1) - 1, old.dim(1)), keep);
-    if (old.defined()) in = ops_.cat_time(old, x);
+    in = ops_.cat_time(old, x);
   }
   Tensor y = old.defined() ? conv(in, c, std::max<int>(0, pad_t - int(old.dim(1)))) : conv(x, c, pad_t);
   in = Tensor();
   PartProfile::Scope p(profile_, "causal cache copies");
-  old = ops_.hold_frames(keep);
+  old = ops_.cache_tail(old, x, kCacheT);  // the last kCacheT frames of [old, x], held
   return y;
 }
 
@@ -432,31 +428,34 @@ Tensor WanVaeDecoder::upsample(const Tensor& x_in, const Stage& s, Cache& cache)
       cache.rep[idx] = true;
     } else {
       const int64_t T = x.dim(1);
-      Tensor keep, in, y;
-      {
-        Part p(profile_, "causal cache copies");
-        keep = ops_.slice_time(x, std::max<int64_t>(0, T - kCacheT), T);
-        if (cache.rep[idx]) {
+      Tensor in, y;
+      if (cache.rep[idx]) {
+        // the second chunk: zero history in front, not the first chunk's frame
+        Tensor keep;
+        {
+          Part p(profile_, "causal cache copies");
+          keep = ops_.slice_time(x, std::max<int64_t>(0, T - kCacheT), T);
           if (keep.dim(1) < kCacheT) {
             Shape zs = keep.shape();
             zs[1] = kCacheT - keep.dim(1);
             keep = ops_.cat_time(ops_.zeros(zs), keep);
           }
-        } else {
-          if (keep.dim(1) < kCacheT)
-            keep = ops_.cat_time(ops_.slice_time(old, old.dim(1) - 1, old.dim(1)), keep);
-          in = ops_.cat_time(old, x);
         }
-      }
-      if (cache.rep[idx]) {
         y = conv(x, s.time_conv, kCacheT);
         cache.rep[idx] = false;
+        Part p(profile_, "causal cache copies");
+        old = ops_.hold_frames(keep);
       } else {
+        {
+          Part p(profile_, "causal cache copies");
+          in = ops_.cat_time(old, x);
+        }
         y = conv(in, s.time_conv, std::max<int>(0, kCacheT - int(old.dim(1))));
         in = Tensor();
+        Part p(profile_, "causal cache copies");
+        old = ops_.cache_tail(old, x, kCacheT);
       }
       Part p(profile_, "causal cache copies");
-      old = ops_.hold_frames(keep);
       x = ops_.interleave_time(y);  // [2C, T, H, W] -> [C, 2T, H, W]
     }
   }

@@ -1132,15 +1132,15 @@ class CudaOps final : public Ops {
 
   Tensor cat_time(const Tensor& a, const Tensor& b) override {
     bind();
-    const Tensor aa = in_f32(a, "cat_time", "a"), bb = in_f32(b, "cat_time", "b");
+    // a held (bf16) cache is read as it is, frame slab by frame slab: no float32 copy first
+    const Tensor aa = in_f32_or_bf16(a, "cat_time", "a"), bb = in_f32_or_bf16(b, "cat_time", "b");
     if (a.ndim() != 4 || b.ndim() != 4 || a.dim(0) != b.dim(0) || a.dim(2) != b.dim(2) ||
         a.dim(3) != b.dim(3))
       throw internal_error("cat_time: " + a.str() + " and " + b.str());
     const int64_t c = a.dim(0), ta = a.dim(1), tb = b.dim(1), f = a.dim(2) * a.dim(3);
     Tensor y = alloc({c, ta + tb, a.dim(2), a.dim(3)}, DType::F32);
-    const size_t fs = static_cast<size_t>(f) * sizeof(float);
-    copy2d(y.data<float>(), (ta + tb) * fs, aa.data<float>(), ta * fs, ta * fs, c);
-    copy2d(y.data<float>() + ta * f, (ta + tb) * fs, bb.data<float>(), tb * fs, tb * fs, c);
+    time_slab_f32(y.data<float>(), ta + tb, aa, 0, ta, c, f);
+    time_slab_f32(y.data<float>() + ta * f, ta + tb, bb, 0, tb, c, f);
     return y;
   }
 
@@ -1149,17 +1149,37 @@ class CudaOps final : public Ops {
     return to_bf16(x, "hold_frames", "x");
   }
 
+  Tensor cache_tail(const Tensor& old, const Tensor& x, int64_t frames) override {
+    bind();
+    const Tensor xx = in_f32_or_bf16(x, "cache_tail", "x");
+    Tensor oo;
+    if (old.defined()) oo = in_f32_or_bf16(old, "cache_tail", "old");
+    if (x.ndim() != 4 || frames < 1 ||
+        (old.defined() && (old.ndim() != 4 || old.dim(0) != x.dim(0) || old.dim(2) != x.dim(2) ||
+                           old.dim(3) != x.dim(3))))
+      throw internal_error("cache_tail: old " + (old.defined() ? old.str() : std::string("none")) +
+                           ", x " + x.str());
+    const int64_t c = x.dim(0), t = x.dim(1), f = x.dim(2) * x.dim(3);
+    const int64_t from_x = std::min(frames, t);
+    const int64_t from_old = old.defined() ? std::min(frames - from_x, old.dim(1)) : 0;
+    const int64_t k = from_old + from_x;
+    Tensor y = alloc({c, k, x.dim(2), x.dim(3)}, DType::BF16);  // the held form
+    uint16_t* yp = y.data<uint16_t>();
+    if (from_old > 0) time_slab_bf16(yp, k, oo, old.dim(1) - from_old, from_old, c, f);
+    time_slab_bf16(yp + from_old * f, k, xx, t - from_x, from_x, c, f);
+    return y;
+  }
+
   Tensor slice_time(const Tensor& x, int64_t t0, int64_t t1) override {
     bind();
-    const Tensor xx = in_f32(x, "slice_time", "x");
+    const Tensor xx = in_f32_or_bf16(x, "slice_time", "x");  // bf16: only the slice is read
     if (x.ndim() != 4) throw internal_error("slice_time: expected [C, T, H, W], got " + x.str());
     const int64_t c = x.dim(0), t = x.dim(1), f = x.dim(2) * x.dim(3);
     if (t0 < 0 || t1 < t0 || t1 > t)
       throw internal_error("slice_time: [" + std::to_string(t0) + ", " + std::to_string(t1) +
                            ") of " + x.str());
     Tensor y = alloc({c, t1 - t0, x.dim(2), x.dim(3)}, DType::F32);
-    const size_t fs = static_cast<size_t>(f) * sizeof(float);
-    copy2d(y.data<float>(), (t1 - t0) * fs, xx.data<float>() + t0 * f, t * fs, (t1 - t0) * fs, c);
+    time_slab_f32(y.data<float>(), t1 - t0, xx, t0, t1 - t0, c, f);
     return y;
   }
 
@@ -1239,7 +1259,33 @@ class CudaOps final : public Ops {
   void h2d(void* dst, const void* src, size_t bytes) {
     if (bytes) MG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
   }
-  void copy2d(float* dst, size_t dpitch, const float* src, size_t spitch, size_t width,
+  // Frames [t0, t0 + n) of src [c, T, f] (float32 or bf16) into dst, a float32 [c, dst_t, f]
+  // buffer at its first frame (dst points at the target frame of channel 0).
+  void time_slab_f32(float* dst, int64_t dst_t, const Tensor& src, int64_t t0, int64_t n, int64_t c,
+                     int64_t f) {
+    if (n <= 0 || c <= 0 || f <= 0) return;
+    const int64_t st = src.dim(1);
+    if (src.dtype() == DType::BF16) {
+      cuda::bf16_to_f32_2d(src.data<uint16_t>() + t0 * f, st * f, dst, dst_t * f, c, n * f, stream_);
+    } else {
+      const size_t fs = static_cast<size_t>(f) * sizeof(float);
+      copy2d(dst, dst_t * fs, src.data<float>() + t0 * f, st * fs, n * fs, c);
+    }
+  }
+  // The same into a bf16 buffer (the held form): bf16 frames are copied, float32 rounded.
+  void time_slab_bf16(uint16_t* dst, int64_t dst_t, const Tensor& src, int64_t t0, int64_t n,
+                      int64_t c, int64_t f) {
+    if (n <= 0 || c <= 0 || f <= 0) return;
+    const int64_t st = src.dim(1);
+    if (src.dtype() == DType::BF16) {
+      const size_t fs = static_cast<size_t>(f) * sizeof(uint16_t);
+      copy2d(dst, dst_t * fs, src.data<uint16_t>() + t0 * f, st * fs, n * fs, c);
+    } else {
+      cuda::f32_to_bf16_2d(src.data<float>() + t0 * f, st * f, dst, dst_t * f, c, n * f, stream_);
+    }
+  }
+
+  void copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
               int64_t height) {
     if (width == 0 || height == 0) return;
     MG_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, static_cast<size_t>(height),
