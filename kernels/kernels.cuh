@@ -81,9 +81,9 @@ void layer_norm_bf16(const float* x, const float* w, const float* b, const float
                      cudaStream_t stream);
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps,
               cudaStream_t stream);
-// x [c, p]: y = x / max(||x[:, p]||, eps) * sqrt(c) * gamma[c]
+// x [c, p]: y = x / max(||x[:, p]||, eps) * sqrt(c) * gamma[c], then y / (1 + exp(-y)) when silu
 void channel_l2_norm(const float* x, const float* gamma, float* y, int64_t c, int64_t p,
-                     float eps, cudaStream_t stream);
+                     float eps, bool silu, cudaStream_t stream);
 
 // ---- rope.cu ----------------------------------------------------------------------------------
 // Interleaved rotary embedding in place on x [n, h, hd]; cos/sin [n, hd/2].

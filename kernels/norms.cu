@@ -65,6 +65,9 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[j] = (r[j] * inv) * w[j];
 }
 
+// Silu: the activation after the norm (Ops::channel_l2_norm_silu), as the silu kernel
+// computes it on the norm's float32 result.
+template <bool Silu>
 __global__ void channel_l2_kernel(const float* __restrict__ x, const float* __restrict__ g,
                                   float* __restrict__ y, int64_t c, int64_t p, float sc,
                                   float eps) {
@@ -76,7 +79,10 @@ __global__ void channel_l2_kernel(const float* __restrict__ x, const float* __re
       ss += v * v;
     }
     const float f = sc / fmaxf(sqrtf(ss), eps);
-    for (int64_t ci = 0; ci < c; ++ci) y[ci * p + i] = (x[ci * p + i] * f) * g[ci];
+    for (int64_t ci = 0; ci < c; ++ci) {
+      const float v = (x[ci * p + i] * f) * g[ci];
+      y[ci * p + i] = Silu ? v / (1.0f + expf(-v)) : v;
+    }
   }
 }
 
@@ -125,12 +131,15 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d,
 }
 
 void channel_l2_norm(const float* x, const float* gamma, float* y, int64_t c, int64_t p,
-                     float eps, cudaStream_t stream) {
+                     float eps, bool silu, cudaStream_t stream) {
   if (c <= 0 || p <= 0) return;
   const int threads = 256;
-  const int64_t blocks = std::min<int64_t>((p + threads - 1) / threads, 1 << 20);
-  channel_l2_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-      x, gamma, y, c, p, static_cast<float>(std::sqrt(static_cast<double>(c))), eps);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((p + threads - 1) / threads, 1 << 20));
+  const float sc = static_cast<float>(std::sqrt(static_cast<double>(c)));
+  if (silu)
+    channel_l2_kernel<true><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps);
+  else
+    channel_l2_kernel<false><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps);
   MG_CUDA_LAUNCH_CHECK();
 }
 

@@ -336,6 +336,12 @@ TEST(CudaOps, Norms) {
     Tensor x = randn({c, t, h, w}, 45), g = randn({c}, 46);
     check(b.down(b.gpu->channel_l2_norm(b.up(x), b.gpu->weight(g, true))),
           b.cpu->channel_l2_norm(x, g), kF32Tol, "channel_l2_norm");
+    // the fused norm and SiLU: the GPU's own two passes, bit for bit, and the CPU
+    const Tensor gd = b.gpu->weight(g, true);
+    check(b.down(b.gpu->channel_l2_norm_silu(b.up(x), gd)),
+          b.down(b.gpu->silu(b.gpu->channel_l2_norm(b.up(x), gd))), 0.0, "channel_l2_norm_silu vs two passes");
+    check(b.down(b.gpu->channel_l2_norm_silu(b.up(x), gd)), b.cpu->silu(b.cpu->channel_l2_norm(x, g)),
+          kF32Tol, "channel_l2_norm_silu");
   }
 }
 

@@ -127,6 +127,11 @@ class Ops {
   virtual Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) = 0;
   // Wan VAE RMS_norm over channels of [C, T, H, W]: x / max(||x||_2, eps) * sqrt(C) * gamma[C]
   virtual Tensor channel_l2_norm(const Tensor& x, const Tensor& gamma, float eps = 1e-12f) = 0;
+  // silu(channel_l2_norm(x, gamma, eps)): the VAE's norm and activation in front of each
+  // causal conv. The composition is the default; CUDA computes both in one pass.
+  virtual Tensor channel_l2_norm_silu(const Tensor& x, const Tensor& gamma, float eps = 1e-12f) {
+    return silu(channel_l2_norm(x, gamma, eps));
+  }
 
   // gemm_input(layer_norm(x, w, b, eps)) for an input that only feeds GEMMs with bf16
   // weights (the DiT's cross-attention q): CUDA writes the bf16 GEMM input directly.

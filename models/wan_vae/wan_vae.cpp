@@ -380,7 +380,7 @@ Tensor WanVaeDecoder::causal(const Tensor& x, const Conv& c, Cache& cache) {
 
 Tensor WanVaeDecoder::norm_silu(const Tensor& x, const Tensor& gamma) {
   PartProfile::Scope p(profile_, "norm and SiLU");
-  return ops_.silu(ops_.channel_l2_norm(x, gamma));
+  return ops_.channel_l2_norm_silu(x, gamma);
 }
 
 Tensor WanVaeDecoder::resblock(const Tensor& x, const ResBlock& r, Cache& cache) {

@@ -690,14 +690,20 @@ class CudaOps final : public Ops {
   }
 
   Tensor channel_l2_norm(const Tensor& x, const Tensor& gamma, float eps) override {
+    return channel_norm(x, gamma, eps, false, "channel_l2_norm");
+  }
+  Tensor channel_l2_norm_silu(const Tensor& x, const Tensor& gamma, float eps) override {
+    return channel_norm(x, gamma, eps, true, "channel_l2_norm_silu");  // one pass
+  }
+  Tensor channel_norm(const Tensor& x, const Tensor& gamma, float eps, bool silu, const char* op) {
     bind();
-    const Tensor xx = in_f32(x, "channel_l2_norm", "x");
-    const Tensor g = in_f32(gamma, "channel_l2_norm", "gamma");
+    const Tensor xx = in_f32(x, op, "x");
+    const Tensor g = in_f32(gamma, op, "gamma");
     const int64_t c = x.ndim() ? x.dim(0) : 0, p = c ? x.numel() / c : 0;
     if (g.numel() != c)
-      throw internal_error("channel_l2_norm: gamma " + gamma.str() + " for " + x.str());
+      throw internal_error(std::string(op) + ": gamma " + gamma.str() + " for " + x.str());
     Tensor y = alloc(x.shape(), DType::F32);
-    cuda::channel_l2_norm(xx.data<float>(), g.data<float>(), y.data<float>(), c, p, eps, stream_);
+    cuda::channel_l2_norm(xx.data<float>(), g.data<float>(), y.data<float>(), c, p, eps, silu, stream_);
     return y;
   }
 
