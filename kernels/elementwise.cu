@@ -139,6 +139,17 @@ __global__ void f32_to_bf16_vec4(const float4* __restrict__ x, __nv_bfloat162* _
     y[2 * i + 1] = __floats2bfloat162_rn(v.z, v.w);
   }
 }
+// hi = bf16(x), lo = bf16(x - hi): x to about 16 mantissa bits as two bf16 operands
+__global__ void split_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __restrict__ hi,
+                                  __nv_bfloat16* __restrict__ lo, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    const __nv_bfloat16 h = __float2bfloat16_rn(v);
+    hi[i] = h;
+    lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
+  }
+}
 __global__ void bf16_to_f32_kernel(const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
                                    int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -202,6 +213,13 @@ void add_channel_bias(float* y, const float* b, int64_t c, int64_t p, cudaStream
   const int64_t n = c * p;
   if (n <= 0) return;
   channel_bias_kernel<<<blocks_for(n), kThreads, 0, s>>>(y, b, n, p);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  split_bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, reinterpret_cast<__nv_bfloat16*>(hi),
+                                                      reinterpret_cast<__nv_bfloat16*>(lo), n);
   MG_CUDA_LAUNCH_CHECK();
 }
 

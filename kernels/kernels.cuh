@@ -67,6 +67,8 @@ void gated_add(float* a, const float* y, const float* gate, int64_t rows, int64_
 // y[c, p] += b[c]   (y: [c, p])
 void add_channel_bias(float* y, const float* b, int64_t c, int64_t p, cudaStream_t stream);
 void f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
+// hi = bf16(x), lo = bf16(x - hi) (Ops::split_weight, linear_split)
+void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, cudaStream_t stream);
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream);
 
 // ---- norms.cu ---------------------------------------------------------------------------------

@@ -215,6 +215,30 @@ TEST(CudaOps, LinearCompact) {
   check(b.down(y), b.cpu->linear(x, w, nullptr), kF32Tol, "linear_compact f32 weights");
 }
 
+// Split float32 products: the weight's two bf16 parts rebuild it to about 2^-16, and three
+// bf16 GEMMs of split operands come within 1e-4 of the exact float32 product, where one
+// bf16 GEMM is near 1e-2 and TF32 near 1e-3. The CPU's split is the weight itself (exact).
+TEST(CudaOps, LinearSplit) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (auto [m, k, n] : {std::array<int64_t, 3>{512, 4096, 512}, {77, 64, 200}, {5, 33, 7}}) {
+    const Tensor x = randn({m, k}, 158), w = randn({n, k}, 159, 0.05f), bias = randn({n}, 160);
+    const Ops::SplitWeight sw = b.gpu->split_weight(b.gpu->weight(w, true));
+    ASSERT_TRUE(sw.lo.defined());
+    EXPECT_EQ(sw.hi.dtype(), DType::BF16);
+    const Tensor back = b.cpu->add(b.down(sw.hi), b.down(sw.lo));
+    EXPECT_LE(rel_error(back, w), 2e-5) << "hi + lo does not rebuild the weight";
+    const Tensor bd = b.gpu->weight(bias, true);
+    const Tensor ref = b.cpu->linear(x, w, &bias);
+    const double e = check(b.down(b.gpu->linear_split(b.up(x), sw, &bd)), ref, 1e-4, "linear_split");
+    const double e16 = rel_error(b.down(b.gpu->linear(b.up(x), b.gpu->weight(w), &bd)), ref);
+    EXPECT_LT(e * 20, e16) << "split products no better than one bf16 GEMM";
+    const Ops::SplitWeight cs = b.cpu->split_weight(w);
+    EXPECT_FALSE(cs.lo.defined());
+    EXPECT_EQ(rel_error(b.cpu->linear_split(x, cs, &bias), ref), 0.0);
+  }
+}
+
 // The residual update folded into the GEMM: acc += gate (.) (x w^T + b), with and without
 // gate and bias, into a whole tensor and into a row slice (the FFN's tiles). The update
 // (acc after minus before) is compared, so the check is not diluted by acc itself. The

@@ -259,6 +259,8 @@ TEST(UMT5, MatmulPolicyFromEnvironment) {
   EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Exact);
   setenv("MOGAGEN_T5_MATMUL", "tf32", 1);
   EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Tf32);
+  setenv("MOGAGEN_T5_MATMUL", "split-qk", 1);
+  EXPECT_EQ(t5_matmul_from_env(), T5Matmul::SplitQK);
   setenv("MOGAGEN_T5_MATMUL", "fast", 1);
   try {
     t5_matmul_from_env();
@@ -274,7 +276,7 @@ TEST(UMT5, MatmulPolicyFromEnvironment) {
   const WeightMap m = WeightMap::from_source(TensorSource::from_tensors(w), Component::T5);
   auto ops = make_cpu_ops();
   const auto ids = tiny_ids(12, 3);
-  for (T5Matmul mm : {T5Matmul::Exact, T5Matmul::Tf32ExceptQK, T5Matmul::Tf32}) {
+  for (T5Matmul mm : {T5Matmul::Exact, T5Matmul::Tf32ExceptQK, T5Matmul::SplitQK, T5Matmul::Tf32}) {
     UMT5Encoder enc(c, m, *ops, mm);
     EXPECT_LE(rel(enc.encode(ids), reference_encode(c, w, ids)), 1e-5);
     EXPECT_EQ(ops->set_f32_matmul(Ops::F32Matmul::Exact), Ops::F32Matmul::Exact);  // restored
@@ -292,7 +294,7 @@ TEST(UMT5, GpuMatmulPoliciesMatchCpu) {
   const auto ids = tiny_ids(40, 5);
   const auto ref = reference_encode(c, w, ids);
   for (auto [mm, tol] : {std::pair{T5Matmul::Exact, 1e-5}, {T5Matmul::Tf32ExceptQK, 3e-3},
-                         {T5Matmul::Tf32, 2e-2}}) {
+                         {T5Matmul::SplitQK, 3e-3}, {T5Matmul::Tf32, 2e-2}}) {
     UMT5Encoder enc(c, m, *gpu, mm);
     const double e = rel(enc.encode(ids), ref);
     std::printf("  umT5 GPU policy %d: rel err %.3e\n", int(mm), e);

@@ -82,7 +82,7 @@ if want checks; then
   step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
 fi
 if want bench; then
-  for policy in exact tf32-except-qk tf32; do
+  for policy in exact tf32-except-qk split-qk tf32; do
     step "bench umT5-XXL, MOGAGEN_T5_MATMUL=$policy" env MOGAGEN_T5_MATMUL=$policy build/mogagen_bench t5 --tokens 512 --profile on
   done
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3

@@ -87,6 +87,20 @@ class Ops {
   virtual Tensor linear_compact(const Tensor& x, const Tensor& w, const Tensor* b) {
     return linear(x, w, b);
   }
+  // A float32 weight prepared for linear_split(). CUDA holds it as a bf16 high part and the
+  // bf16 rounding of the remainder (hi + lo carries about 16 of float32's 24 mantissa
+  // bits); the CPU keeps the float32 weight itself in hi (lo undefined).
+  struct SplitWeight {
+    Tensor hi, lo;
+  };
+  virtual SplitWeight split_weight(const Tensor& w) { return {w, Tensor()}; }
+  // linear() with a split weight. CUDA splits x the same way and sums three bf16
+  // tensor-core GEMMs in float32, hi.hi + hi.lo + lo.hi; the dropped lo.lo term is about
+  // 2^-16 of each product. That is near-float32 products at bf16 speed, where TF32 keeps 10
+  // mantissa bits. The CPU runs the exact linear().
+  virtual Tensor linear_split(const Tensor& x, const SplitWeight& w, const Tensor* b) {
+    return linear(x, w.hi, b);
+  }
   // How linear() multiplies F32 weights from now on. Exact: float32 products (the default).
   // Tf32: TF32 tensor cores where the backend has them (10-bit mantissa products, float32
   // accumulation, as the VAE's convolutions); the CPU backend stays exact. Returns the

@@ -87,8 +87,10 @@ T5Matmul t5_matmul_from_env() {
   const std::string s(v);
   if (s == "exact") return T5Matmul::Exact;
   if (s == "tf32-except-qk") return T5Matmul::Tf32ExceptQK;
+  if (s == "split-qk") return T5Matmul::SplitQK;
   if (s == "tf32") return T5Matmul::Tf32;
-  throw input_error("MOGAGEN_T5_MATMUL: expected exact, tf32-except-qk or tf32, found '" + s + "'");
+  throw input_error("MOGAGEN_T5_MATMUL: expected exact, tf32-except-qk, split-qk or tf32, found '" +
+                    s + "'");
 }
 
 // All weights stay float32 on every backend: the encoder runs once per caption, and bf16
@@ -111,6 +113,11 @@ UMT5Encoder::UMT5Encoder(const UMT5Config& cfg, const WeightMap& m, Ops& ops, T5
     b.wi0 = ops_.weight(m.load_f32(p + "layer.1.DenseReluDense.wi_0.weight"), true);
     b.wi1 = ops_.weight(m.load_f32(p + "layer.1.DenseReluDense.wi_1.weight"), true);
     b.wo = ops_.weight(m.load_f32(p + "layer.1.DenseReluDense.wo.weight"), true);
+    if (matmul_ == T5Matmul::SplitQK) {  // the split form replaces the float32 one
+      b.q_split = ops_.split_weight(b.q);
+      b.k_split = ops_.split_weight(b.k);
+      b.q = b.k = Tensor();
+    }
     blocks_.push_back(std::move(b));
   }
   final_norm_ = ops_.weight(m.load_f32("encoder.final_layer_norm.weight"), true);
@@ -179,9 +186,14 @@ Tensor UMT5Encoder::encode(const std::vector<int64_t>& ids) {
     }
     {
       Part p(profile_, "q k v o GEMMs");
-      ops_.set_f32_matmul(qk_mode);
-      q = ops_.linear(a, b.q, nullptr).reshape({L, H, dk});
-      k = ops_.linear(a, b.k, nullptr).reshape({L, H, dk});
+      if (matmul_ == T5Matmul::SplitQK) {
+        q = ops_.linear_split(a, b.q_split, nullptr).reshape({L, H, dk});
+        k = ops_.linear_split(a, b.k_split, nullptr).reshape({L, H, dk});
+      } else {
+        ops_.set_f32_matmul(qk_mode);
+        q = ops_.linear(a, b.q, nullptr).reshape({L, H, dk});
+        k = ops_.linear(a, b.k, nullptr).reshape({L, H, dk});
+      }
       ops_.set_f32_matmul(rest_mode);
       v = ops_.linear(a, b.v, nullptr).reshape({L, H, dk});
     }

@@ -29,10 +29,13 @@ int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance);
 //   Exact          float32 products everywhere;
 //   Tf32ExceptQK   TF32 for the v and o projections and the FFN (83% of the FLOPs), float32
 //                  for q and k, whose products are T5's unscaled attention logits;
+//   SplitQK        TF32 as Tf32ExceptQK, and q and k as three bf16 GEMMs of split operands
+//                  (Ops::linear_split: about 16 mantissa bits, at bf16 speed);
 //   Tf32           TF32 everywhere.
-enum class T5Matmul { Exact, Tf32ExceptQK, Tf32 };
-// MOGAGEN_T5_MATMUL=exact|tf32-except-qk|tf32 (a measurement override, docs/performance.md);
-// unset: Tf32ExceptQK. Any other value is an input error naming the variable.
+enum class T5Matmul { Exact, Tf32ExceptQK, SplitQK, Tf32 };
+// MOGAGEN_T5_MATMUL=exact|tf32-except-qk|split-qk|tf32 (a measurement override,
+// docs/performance.md); unset: Tf32ExceptQK. Any other value is an input error naming the
+// variable.
 T5Matmul t5_matmul_from_env();
 
 class UMT5Encoder {
@@ -54,6 +57,7 @@ class UMT5Encoder {
  private:
   struct Block {
     Tensor norm1, q, k, v, o, rel_bias, norm2, wi0, wi1, wo;
+    Ops::SplitWeight q_split, k_split;  // SplitQK: q and k held split (q, k released)
   };
   UMT5Config cfg_;
   Ops& ops_;

@@ -585,6 +585,48 @@ class CudaOps final : public Ops {
     Ops::linear_residual_(acc, x, w, b, gate);  // float32 weights, or no cuBLASLt algorithm
   }
 
+  SplitWeight split_weight(const Tensor& w) override {
+    bind();
+    const Tensor f = in_f32(w.device().is_cpu() ? weight(w, true) : w, "split_weight", "w");
+    Tensor hi = alloc(w.shape(), DType::BF16), lo = alloc(w.shape(), DType::BF16);
+    cuda::split_bf16(f.data<float>(), hi.data<uint16_t>(), lo.data<uint16_t>(), f.numel(), stream_);
+    return {hi, lo};
+  }
+
+  Tensor linear_split(const Tensor& x, const SplitWeight& w, const Tensor* b) override {
+    bind();
+    if (!w.lo.defined() || w.hi.dtype() != DType::BF16 || w.lo.shape() != w.hi.shape())
+      return linear(x, w.hi, b);  // not split here: the weight as it is
+    expect_dev(x, "linear_split", "x");
+    if (w.hi.ndim() != 2 || x.ndim() < 1 || x.dim(-1) != w.hi.dim(1))
+      throw internal_error("linear_split: x " + x.str() + " does not match weight " + w.hi.str());
+    const int64_t k = w.hi.dim(1), m = x.numel() / k;
+    Shape os = x.shape();
+    os.back() = w.hi.dim(0);
+    Tensor y = alloc(os, DType::F32);
+    const Tensor bias = linear_bias(b, w.hi, "linear_split");
+    if (m == 0) return y;
+    const Tensor xf = in_f32(x, "linear_split", "x");
+    Tensor xh = alloc(x.shape(), DType::BF16), xl = alloc(x.shape(), DType::BF16);
+    cuda::split_bf16(xf.data<float>(), xh.data<uint16_t>(), xl.data<uint16_t>(), xf.numel(), stream_);
+    GemmArgs g = linear_gemm(w.hi, m, bias);  // y = hi.hi + bias
+    g.ab = CUDA_R_16BF;
+    g.a = w.hi.raw();
+    g.b = xh.raw();
+    g.c = y.data<float>();
+    gemm_->run(g);
+    GemmArgs r = linear_gemm(w.hi, m, Tensor());  // then += hi.lo and += lo.hi
+    r.ab = CUDA_R_16BF;
+    r.c = y.data<float>();
+    r.a = w.hi.raw();
+    r.b = xl.raw();
+    gemm_accumulate(r, y);
+    r.a = w.lo.raw();
+    r.b = xh.raw();
+    gemm_accumulate(r, y);
+    return y;
+  }
+
   Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor* b) override {
     const Tensor y = linear_to_bf16(x, w, b, true, "linear_gelu");
     return y.defined() ? y : gelu_tanh(linear(x, w, b));  // float32 weights, or no algorithm
@@ -1351,6 +1393,16 @@ class CudaOps final : public Ops {
     else
       cuda::layer_norm(xx.data<float>(), wp, bp, nullptr, nullptr, y.data<float>(), n, d, eps, stream_);
     return y;
+  }
+
+  // y += A B for a float32 y that g.c points at: C = D = y in one cuBLASLt call, or, where
+  // cuBLASLt has no algorithm for that, the product into a temporary, then added.
+  void gemm_accumulate(GemmArgs g, Tensor& y) {
+    if (gemm_->run_residual(g)) return;
+    Tensor t = alloc(y.shape(), DType::F32);
+    g.c = t.data<float>();
+    gemm_->run(g);
+    add_(y, t);
   }
 
   // The bf16 product of x and bf16 weights w (+ bias, then the tanh-GELU when `gelu`),
