@@ -3,7 +3,7 @@
 # minutes to start a machine: few, full calls). Run from the repository root on the GPU
 # machine, with the golden sets copied to .golden/ and carried (docs/performance.md):
 #
-#   tools/device-check.sh [checks] [bench] [moga] [long] [peer]      (default: checks)
+#   tools/device-check.sh [checks] [model] [bench] [moga] [long] [peer]      (default: checks)
 #
 # 1. unpacks the carried Debian packages (.debs/setup.sh) where the image lacks them;
 # 2. builds mogagen, mogagen_bench and mogagen_tests with CUDA into build/ (kept while the
@@ -12,6 +12,8 @@
 #   checks  the whole test suite with the GPU tests, against .golden/; `mogagen verify
 #           <component> <set> --device cuda` on every golden set in .golden/; the same jobs
 #           rendered on the CPU and the GPU (tools/check-gpu-cpu.sh)
+#   model   issue 6: the model trained in .train/model copied out to $OUT/model, then the
+#           semantic tests on it (tests/test_default_model.cpp, about 3 minutes)
 #   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B and 14B DiT, the VAE with its
 #           profile, attention alone (dense, varlen, MoGA's calls)
 #   moga    issue 5: MoGA (M = 5) forwards at 187,200 tokens for 14B and 1.3B with their
@@ -31,8 +33,8 @@ cd "$(dirname "$0")/.."
 parts="${*:-checks}"
 for p in $parts; do
   case "$p" in
-    checks | bench | moga | long | peer) ;;
-    *) echo "device-check: unknown part '$p' (expected checks, bench, moga, long or peer)" >&2; exit 2 ;;
+    checks | model | bench | moga | long | peer) ;;
+    *) echo "device-check: unknown part '$p' (expected checks, model, bench, moga, long or peer)" >&2; exit 2 ;;
   esac
 done
 want() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -80,6 +82,25 @@ if want checks; then
     done
   done
   step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
+fi
+if want model; then
+  # issue 6: a model trained in this machine's .train/model (docs/training.md): copied out
+  # to $OUT/model (the two safetensors files and a tar of the rest, each under the copy-out
+  # limits), then the semantic tests on it
+  if [ -f .train/model/model_index.json ]; then
+    if [ -n "${OUT:-}" ]; then
+      mkdir -p "$OUT/model"
+      cp .train/model/transformer/diffusion_pytorch_model.safetensors "$OUT/model/dit.safetensors"
+      cp .train/model/vae/diffusion_pytorch_model.safetensors "$OUT/model/vae.safetensors"
+      tar czf "$OUT/model/rest.tgz" --exclude='*diffusion_pytorch_model.safetensors' -C .train model
+      log "model copied to \$OUT/model"
+    fi
+    step "default model: semantic tests (DefaultModel.*)" env MOGAGEN_TEST_MODEL="$PWD/.train/model" \
+      build/mogagen_tests --gtest_filter='DefaultModel.*'
+  else
+    log "== FAIL  model: no trained model in .train/model"
+    failed=$((failed + 1))
+  fi
 fi
 if want bench; then
   for policy in exact tf32-except-qk split-qk tf32; do
