@@ -106,8 +106,8 @@ if want bench; then
   for policy in exact tf32-except-qk split-qk tf32; do
     step "bench umT5-XXL, MOGAGEN_T5_MATMUL=$policy" env MOGAGEN_T5_MATMUL=$policy build/mogagen_bench t5 --tokens 512 --profile on
   done
-  step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3
-  step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3
+  step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3 --profile on
+  step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3 --profile on
   step "bench VAE (conv3d through cuDNN)" build/mogagen_bench vae --profile on
   step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
 fi
