@@ -487,6 +487,61 @@ def sample(model, dec, text, caption_ids, shots, a, mean, std, device, steps=25,
     return dec(z).float().clamp(-1, 1)[0]
 
 
+@torch.no_grad()
+def calibrate_routers(model, text, a, device, log, rounds=12, videos=16, steps=10):
+    """Loss-free balancing of the trained routers, after training (the bias update of
+    DeepSeek-V3's auxiliary-loss-free balancing): sample `videos` random captions along the
+    sampler's trajectory (cond and uncond forwards, as guidance runs them), average each
+    block's group shares over all those forwards, and move each router bias by -step *
+    log(share), with a shrinking step. The training loss balances the groups on average over
+    training clips; this evens out what is left in the regime the engine routes, from pure
+    noise to the last step. The new biases are kept only if the worst per-video share of a
+    fresh sample is no worse than before. Returns a summary of both."""
+    gen = torch.Generator().manual_seed(a.seed + 7)
+    F_, h, w = 13, a.height // 8, a.width // 8
+    lay = model.layout([F_], h // 2, w // 2, False, device)
+    sig = torch.linspace(1, 0, steps + 1)
+    sig = a.shift * sig / (1 + (a.shift - 1) * sig)
+    M = a.groups
+
+    def shares():
+        x = torch.randn(videos, 16, F_, h, w, generator=gen).to(device)
+        ids = torch.randint(text.count - 1, (videos, 1), generator=gen)
+        cond, unc = text.ctx(ids), text.ctx(torch.full((videos, 1), -1))
+        mean, worst = None, 0.0
+        for i in range(steps):
+            t = torch.full((videos,), float(sig[i]) * 1000, device=device)
+            vs = []
+            for ctx in (cond, unc):
+                st = []
+                with amp(device):
+                    vs.append(model(x, t, ctx, [F_], layout=lay, stats=st).float())
+                f = torch.stack([F.one_hot(gid, M).float().mean(dim=1) for _, gid in st])  # [L, B, M]
+                worst = max(worst, float(f.max()) * M)
+                mean = f.mean(dim=1) if mean is None else mean + f.mean(dim=1)
+            x = x + float(sig[i + 1] - sig[i]) * (vs[1] + 5.0 * (vs[0] - vs[1]))
+        return mean / (2 * steps), worst  # [L, M] average shares, worst per-video share
+
+    original = [blk.self_attn.router.bias.clone() for blk in model.blocks]
+    before_mean, before = shares()
+    step, after = 0.5, before
+    for r in range(rounds):
+        sh, after = shares() if r else (before_mean, before)
+        for blk, s_b in zip(model.blocks, sh):
+            b = blk.self_attn.router.bias
+            b -= step * torch.clamp(torch.log(torch.clamp(s_b * M, min=1e-3)), -1.0, 1.0).to(b.dtype)
+        step *= 0.85
+    _, after = shares()
+    kept = after <= before
+    if not kept:  # no better on its own measure: the trained biases stay
+        for blk, b in zip(model.blocks, original):
+            blk.self_attn.router.bias.copy_(b)
+    out = {"rounds": rounds, "videos": videos, "steps": steps, "kept": kept,
+           "largest_group_vs_fair_before": round(before, 2), "largest_group_vs_fair_after": round(after, 2)}
+    log(f"routers calibrated: {out}")
+    return out
+
+
 def hue_of(rgb):
     """rgb [3] in [0, 1] -> hue in degrees."""
     r, g, b = rgb.tolist()
@@ -597,6 +652,12 @@ Seed {info['seed']}, torch {info['torch']}. Training time: {v['seconds'] + d['se
 The VAE on whole 49-frame clips, as the engine decodes them: {", ".join(f"{k} {x} dB" for k, x in v.get("long_clip_psnr_db", {}).items()) or "not measured"}.
 
 Text use at the end: another clip's captions raise the flow MSE by {d.get('text_use_mse_gap') or float('nan'):.4f}.
+
+Router biases calibrated after training (loss-free balancing over {d.get('router_calibration', {}).get('videos', 0)} \
+sampled videos x {d.get('router_calibration', {}).get('steps', 0)} steps, cond and uncond): the largest group of \
+one video and block went from {d.get('router_calibration', {}).get('largest_group_vs_fair_before', float('nan'))}x \
+to {d.get('router_calibration', {}).get('largest_group_vs_fair_after', float('nan'))}x its fair share \
+({"kept" if d.get('router_calibration', {}).get('kept') else "not kept: the trained biases stay"}).
 
 ## Colour checks at export (PyTorch, Euler, {a.check_steps} steps)
 | caption | object hue | named hue |
@@ -755,6 +816,7 @@ def main():
     if text.train:  # the umT5's EMA weights, then its outputs as a table for the checks
         text.t5.load_state_dict({k: v.to(device) for k, v in state["t5_ema"].items()})
     text.freeze()
+    dinfo["router_calibration"] = calibrate_routers(model, text, a, device, log)
 
     checks = []
     tests = [("a red circle moves right on a black background", [13]),
