@@ -243,6 +243,9 @@ TEST_F(CliE2E, MogaModelRendersAShotListAndReportsRouting) {
   EXPECT_NE(r.out.find("MoGA M=3"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("MoGA routing"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("block 1:"), std::string::npos) << r.out;
+  // and the balance over the whole sampling: 2 steps x (cond + uncond) forwards
+  EXPECT_NE(r.out.find("MoGA routing over the whole sampling (4 forwards"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("x fair share at worst (step"), std::string::npos) << r.out;
   // dense attention on the same checkpoint is allowed on request
   r = sh(bin() + " --model " + q(m) + " --device cpu --size 64x48 --steps 1 --attention dense -p x --frames 5 -o " +
          q(dir_ + "/moga-dense.mp4"));

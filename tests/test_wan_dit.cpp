@@ -421,3 +421,20 @@ TEST(WanDitMoga, RouterBiasCanBeSetPerBlock) {
   EXPECT_THROW(dit.set_router_bias(c.num_layers, before), Error);
   EXPECT_THROW(dit.router_bias(-1), Error);
 }
+
+// The --verbose balance over a whole sampling: per block the worst share (with its step) and
+// the average, in lines the semantic tests read ("largest X.XXx fair share").
+TEST(WanDitMoga, RoutingTallyReportsWorstAndAverage) {
+  RoutingTally tally;
+  EXPECT_EQ(tally.report(), "");
+  EXPECT_EQ(tally.worst(), 0.0);
+  tally.add({{25, 25, 25, 25}, {40, 20, 20, 20}}, 0);  // block 1: 1.60x
+  tally.add({{10, 30, 30, 30}, {70, 10, 10, 10}}, 3);  // block 1: 2.80x at step 3
+  EXPECT_NEAR(tally.worst(), 2.8, 1e-12);
+  const std::string r = tally.report();
+  EXPECT_NE(r.find("2 forwards"), std::string::npos) << r;
+  EXPECT_NE(r.find("block 0: largest 1.20x fair share at worst (step 3), 1.10x on average"),
+            std::string::npos) << r;
+  EXPECT_NE(r.find("block 1: largest 2.80x fair share at worst (step 3), 2.20x on average"),
+            std::string::npos) << r;
+}

@@ -794,4 +794,46 @@ std::string WanDit::routing_report() const {
   return o.str();
 }
 
+// ---- routing over many forwards -----------------------------------------------------------------
+
+void RoutingTally::add(const std::vector<std::vector<int64_t>>& group_sizes, int step) {
+  if (blocks_.size() < group_sizes.size()) blocks_.resize(group_sizes.size());
+  bool any = false;
+  for (size_t bi = 0; bi < group_sizes.size(); ++bi) {
+    const auto& gs = group_sizes[bi];
+    int64_t n = 0, mx = 0;
+    for (int64_t v : gs) n += v, mx = std::max(mx, v);
+    if (gs.empty() || n == 0) continue;
+    const double share = double(mx) * double(gs.size()) / double(n);
+    Block& b = blocks_[bi];
+    if (share > b.worst) b.worst = share, b.worst_step = step;
+    b.sum += share;
+    ++b.count;
+    any = true;
+  }
+  forwards_ += any;
+}
+
+double RoutingTally::worst() const {
+  double w = 0;
+  for (const Block& b : blocks_) w = std::max(w, b.worst);
+  return w;
+}
+
+std::string RoutingTally::report() const {
+  if (forwards_ == 0) return "";
+  std::ostringstream o;
+  o << "MoGA routing over the whole sampling (" << forwards_
+    << " forwards; the largest group against the fair share N/M, per block):";
+  o.precision(2);
+  o << std::fixed;
+  for (size_t bi = 0; bi < blocks_.size(); ++bi) {
+    const Block& b = blocks_[bi];
+    if (b.count == 0) continue;
+    o << "\n  block " << bi << ": largest " << b.worst << "x fair share at worst (step "
+      << b.worst_step << "), " << b.sum / b.count << "x on average";
+  }
+  return o.str();
+}
+
 }  // namespace mg

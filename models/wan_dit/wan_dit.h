@@ -186,4 +186,25 @@ class WanDit {
 // Re-exported so callers can write WanDit::TextCache or TextCache.
 using TextCache = WanDit::TextCache;
 
+// MoGA's balance over many forwards (mogagen --verbose: the whole sampling, cond and uncond
+// forwards): per block, the largest group's share of the tokens against the fair share N/M,
+// at worst (with its step) and on average.
+class RoutingTally {
+ public:
+  // group_sizes: WanDit::group_sizes() after a forward; step: the sampling step it belongs to
+  void add(const std::vector<std::vector<int64_t>>& group_sizes, int step);
+  // One line per block, "block b: largest X.XXx fair share at worst (step k), Y.YYx on
+  // average"; empty when nothing was added.
+  std::string report() const;
+  double worst() const;  // over every block and forward (0 when nothing was added)
+
+ private:
+  struct Block {
+    double worst = 0, sum = 0;
+    int count = 0, worst_step = -1;
+  };
+  std::vector<Block> blocks_;
+  int forwards_ = 0;
+};
+
 }  // namespace mg

@@ -234,21 +234,25 @@ RenderResult Engine::render(const JobSpec& job) {
     Tensor x = gaussian_noise({16, lt, lh, lw}, seed);
     const bool cfg = job.guidance != 1.0;
     pr.stage_begin("denoising", job.steps, "steps");
+    RoutingTally tally;  // --verbose: MoGA's balance over every forward of the sampling
+    const bool tally_routing = pr.is_verbose() && mode == AttentionMode::Moga;
     for (int k = 0; k < job.steps; ++k) {
       throw_if_interrupted();
       const double t = sched.timesteps[k];
       Tensor vc = m.dit->forward(x, t, cache_c, shots, mode);
+      if (tally_routing) tally.add(m.dit->group_sizes(), k);
       Tensor v = vc;
       if (cfg) {
         Tensor vu = m.dit->forward(x, t, cache_u, shots, mode);
+        if (tally_routing) tally.add(m.dit->group_sizes(), k);
         v = cfg_combine(vc, vu, float(job.guidance));
       }
       x = sampler.step(x, v);
       pr.advance();
-      if (k == 0 && pr.is_verbose() && mode == AttentionMode::Moga)
-        pr.verbose(m.dit->routing_report());
+      if (k == 0 && tally_routing) pr.verbose(m.dit->routing_report());
     }
     pr.stage_end();
+    if (tally_routing) pr.verbose(tally.report());
     latents = x;
     if (!job.save_latents.empty()) {
       const std::string tmp = job.save_latents + ".partial";
