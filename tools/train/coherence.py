@@ -67,23 +67,6 @@ def self_test():
     return 0 if err < 0.2 else 1
 
 
-@torch.no_grad()
-def sample_latent(model, text, caption_id, frames, h, w, steps, guidance, shift, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 16, frames, h, w, generator=g)
-    sig = torch.linspace(1, 0, steps + 1)
-    sig = shift * sig / (1 + (shift - 1) * sig)
-    cond = text.ctx(torch.tensor([[caption_id]]))
-    unc = text.ctx(torch.full((1, 1), -1))
-    lay = model.layout([frames], h // 2, w // 2, False, torch.device("cpu"))
-    for i in range(steps):
-        t = torch.full((1,), float(sig[i]) * 1000)
-        vc = model(x, t, cond, [frames], layout=lay)
-        vu = model(x, t, unc, [frames], layout=lay)
-        x = x + float(sig[i + 1] - sig[i]) * (vu + guidance * (vc - vu))
-    return x[0]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="an exported model folder (train.py --out)")
@@ -113,12 +96,13 @@ def main():
     text.freeze()
     caps = json.load(open(os.path.join(a.prep, "captions.json")))["captions"]
     total, n = torch.zeros(frames - 1), 0
+    video = argparse.Namespace(height=height, width=width, shift=float(dflt["shift"]))
     for p in a.prompts:
         if p not in caps:
             sys.exit(f"coherence.py: '{p}' is not a caption of the grammar ({a.prep}/captions.json)")
         for seed in range(a.seeds):
-            z = sample_latent(model, text, caps.index(p), frames, height // 8, width // 8, a.steps,
-                              a.guidance, float(dflt["shift"]), seed)
+            z = T.sample_latent(model, text, [caps.index(p)], [frames], video, torch.device("cpu"),
+                                a.steps, a.guidance, seed)[0]
             s = centroid_steps(z)
             total += s
             n += 1

@@ -468,7 +468,16 @@ def ema_model(cfg, state, device):
 @torch.no_grad()
 def sample(model, dec, text, caption_ids, shots, a, mean, std, device, steps=25, guidance=5.0,
            seed=0):
-    """Euler flow-matching sampler with CFG (a check; the engine uses UniPC)."""
+    """Euler flow-matching sampler with CFG, decoded (a check; the engine uses UniPC)."""
+    x = sample_latent(model, text, caption_ids, shots, a, device, steps, guidance, seed)
+    z = x * std[None, :, None, None, None] + mean[None, :, None, None, None]
+    return dec(z).float().clamp(-1, 1)[0]
+
+
+@torch.no_grad()
+def sample_latent(model, text, caption_ids, shots, a, device, steps=25, guidance=5.0, seed=0):
+    """The DiT's normalised latent [1, 16, F, h, w] after Euler flow-matching sampling with
+    CFG: one caption id per shot, a.height / a.width / a.shift as the video's settings."""
     g = torch.Generator().manual_seed(seed)
     F_ = sum(shots)
     x = torch.randn(1, 16, F_, a.height // 8, a.width // 8, generator=g).to(device)
@@ -483,8 +492,7 @@ def sample(model, dec, text, caption_ids, shots, a, mean, std, device, steps=25,
             vc = model(x, t, cond, shots, layout=lay).float()
             vu = model(x, t, unc, shots, layout=lay).float()
         x = x + float(sig[i + 1] - sig[i]) * (vu + guidance * (vc - vu))
-    z = x * std[None, :, None, None, None] + mean[None, :, None, None, None]
-    return dec(z).float().clamp(-1, 1)[0]
+    return x
 
 
 @torch.no_grad()
