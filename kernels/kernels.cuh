@@ -153,7 +153,9 @@ void im2col3d_bf16(const float* x, uint16_t* col, const Conv3dShape& s, int64_t 
 // (no FFT or Winograd: their error is not the reference's), stride and dilation 1, zero
 // padding (0, pad_h, pad_w): any front temporal padding must already be in x (s.pad_t == 0).
 // No bias. forward() returns false, having done nothing, when cuDNN is absent or offers no
-// such algorithm for the shape; the caller then runs im2col + GEMM. Plans are cached by shape.
+// such algorithm for the shape; the caller then runs im2col + GEMM. Plans are cached by shape;
+// the first call of a shape times each admissible algorithm on its operands and keeps the
+// fastest (its result is the kept algorithm's).
 class CudnnConv3d {
  public:
   CudnnConv3d(int device, cudaStream_t stream);

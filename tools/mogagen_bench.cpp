@@ -130,9 +130,7 @@ std::pair<double, double> routing_balance(const std::vector<std::vector<int64_t>
   int blocks = 0;
   for (const auto& gs : sizes) {
     if (gs.empty()) continue;
-    int64_t n = 0, mx = 0;
-    for (int64_t v : gs) n += v, mx = std::max(mx, v);
-    const double share = n ? double(mx) * double(gs.size()) / double(n) : 0.0;
+    const double share = largest_group_share(gs);
     worst = std::max(worst, share);
     sum += share;
     ++blocks;

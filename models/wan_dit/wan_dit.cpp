@@ -777,16 +777,15 @@ std::string WanDit::routing_report() const {
     const auto& gs = group_sizes_[bi];
     if (gs.empty()) continue;
     o << "\n  block " << bi << ": [";
-    int64_t mx = 0, empty = 0;
+    int64_t empty = 0;
     for (size_t i = 0; i < gs.size(); ++i) {
       o << (i ? ", " : "") << gs[i];
-      mx = std::max(mx, gs[i]);
       empty += gs[i] == 0;
     }
     o << "]";
     if (N > 0 && M > 0) {
       o.precision(2);
-      o << std::fixed << "  largest " << double(mx) * M / double(N) << "x fair share";
+      o << std::fixed << "  largest " << largest_group_share(gs) << "x fair share";
       o.unsetf(std::ios::fixed);
     }
     if (empty) o << ", " << empty << " empty";
@@ -796,15 +795,18 @@ std::string WanDit::routing_report() const {
 
 // ---- routing over many forwards -----------------------------------------------------------------
 
+double largest_group_share(const std::vector<int64_t>& sizes) {
+  int64_t n = 0, mx = 0;
+  for (int64_t v : sizes) n += v, mx = std::max(mx, v);
+  return n > 0 ? double(mx) * double(sizes.size()) / double(n) : 0.0;
+}
+
 void RoutingTally::add(const std::vector<std::vector<int64_t>>& group_sizes, int step) {
   if (blocks_.size() < group_sizes.size()) blocks_.resize(group_sizes.size());
   bool any = false;
   for (size_t bi = 0; bi < group_sizes.size(); ++bi) {
-    const auto& gs = group_sizes[bi];
-    int64_t n = 0, mx = 0;
-    for (int64_t v : gs) n += v, mx = std::max(mx, v);
-    if (gs.empty() || n == 0) continue;
-    const double share = double(mx) * double(gs.size()) / double(n);
+    const double share = largest_group_share(group_sizes[bi]);
+    if (share <= 0) continue;  // no groups or no tokens in this block
     Block& b = blocks_[bi];
     if (share > b.worst) b.worst = share, b.worst_step = step;
     b.sum += share;

@@ -186,6 +186,10 @@ class WanDit {
 // Re-exported so callers can write WanDit::TextCache or TextCache.
 using TextCache = WanDit::TextCache;
 
+// The largest group's token count over the fair share N/M, for one block's group sizes
+// (0 when there are no groups or no tokens).
+double largest_group_share(const std::vector<int64_t>& sizes);
+
 // MoGA's balance over many forwards (mogagen --verbose: the whole sampling, cond and uncond
 // forwards): per block, the largest group's share of the tokens against the fair share N/M,
 // at worst (with its step) and on average.
