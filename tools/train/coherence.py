@@ -27,9 +27,8 @@ except ImportError:  # ctest: skipped where Python has no torch
     sys.exit(77)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import st  # noqa: E402
+import semantic  # noqa: E402
 import train as T  # noqa: E402
-import wan_torch as wt  # noqa: E402
 
 PROMPTS = ["a orange square moves left on a blue background",
            "a green circle moves down on a white background",
@@ -81,19 +80,9 @@ def main():
         sys.exit(self_test())
     if not a.model:
         ap.error("--model is required")
-    idx = json.load(open(os.path.join(a.model, "model_index.json")))
-    dflt = idx["_mogagen"]["defaults"]
+    model, _, text, _, _, dflt = semantic.load_exported(a.model, a.prep, torch.device("cpu"))
     width, height = (int(v) for v in dflt["size"].split("x"))
     frames = 1 + (int(dflt["frames"]) - 1) // 4
-    cfg = json.load(open(os.path.join(a.model, "transformer", "config.json")))
-    model = wt.WanDiT(cfg)
-    model.load_state_dict(st.load(os.path.join(a.model, "transformer", "diffusion_pytorch_model.safetensors")))
-    model.eval()
-    text = T.Text(a.prep, torch.device("cpu"), False)
-    sd = st.load(os.path.join(a.model, "text_encoder", "model.safetensors"))
-    sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
-    text.t5.load_hf(sd)
-    text.freeze()
     caps = json.load(open(os.path.join(a.prep, "captions.json")))["captions"]
     total, n = torch.zeros(frames - 1), 0
     video = argparse.Namespace(height=height, width=width, shift=float(dflt["shift"]))

@@ -117,8 +117,9 @@ def sample_params(gen, n, frames, height, width, caption_ids=None):
             "bg": torch.tensor(bgs), "shape": torch.tensor(shp), "caption": caption_ids}
 
 
-def render(p, height, width, device="cpu"):
-    """p from sample_params -> video [n, 3, frames, height, width] in [-1, 1]."""
+def render(p, height, width, device="cpu", alpha_out=None):
+    """p from sample_params -> video [n, 3, frames, height, width] in [-1, 1]. alpha_out (a
+    list): the object's coverage [n, 1, frames, height, width] in [0, 1] is appended."""
     cx, cy, r, ang = (p[k].to(device)[:, :, None, None] for k in ("cx", "cy", "r", "angle"))
     ys = torch.arange(height, device=device, dtype=torch.float32)[None, None, :, None] + 0.5
     xs = torch.arange(width, device=device, dtype=torch.float32)[None, None, None, :] + 0.5
@@ -140,23 +141,43 @@ def render(p, height, width, device="cpu"):
     bgp = torch.tensor(list(BACKGROUNDS.values()), device=device)
     fg = pal[p["colour"].to(device)][:, :, None, None, None]
     bg = bgp[p["bg"].to(device)][:, :, None, None, None]
+    if alpha_out is not None:
+        alpha_out.append(alpha)
     return (bg * (1 - alpha) + fg * alpha) * 2 - 1
 
 
-def sample_clips(gen, batch, shots, height, width, device="cpu", drop_caption=0.0):
+def sample_clips(gen, batch, shots, height, width, device="cpu", drop_caption=0.0, alpha_out=None):
     """A batch of multi-shot clips: video [B, 3, 1+4(F-1), H, W] and caption ids [B, S]
-    (-1 = the empty caption, for classifier-free guidance training)."""
+    (-1 = the empty caption, for classifier-free guidance training). alpha_out (a list):
+    the object's coverage [B, 1, 1+4(F-1), H, W] is appended."""
     vf = shot_video_frames(shots)
-    parts, ids = [], []
+    parts, ids, alphas = [], [], []
     for n in vf:
         p = sample_params(gen, batch, n, height, width)
-        parts.append(render(p, height, width, device))
+        parts.append(render(p, height, width, device, alphas))
         ids.append(p["caption"])
     ids = torch.stack(ids, dim=1)
     if drop_caption > 0:
         drop = torch.rand(batch, generator=gen) < drop_caption
         ids[drop] = -1
+    if alpha_out is not None:
+        alpha_out.append(torch.cat(alphas, dim=2))
     return torch.cat(parts, dim=2), ids
+
+
+def latent_mask(alpha, spatial=8, temporal=4):
+    """The object's coverage [B, 1, 1+4(F-1), H, W] -> where it is in the latent
+    [B, 1, F, H/8, W/8]: the maximum over the pixels each latent position encodes (the
+    causal VAE: latent frame 0 is video frame 0, latent frame k frames 4k-3..4k), grown by
+    one latent pixel (the encoder's receptive field spreads an object past its pixels)."""
+    B, _, T, H, W = alpha.shape
+    first, rest = alpha[:, :, :1], alpha[:, :, 1:]
+    rest = rest.reshape(B, 1, (T - 1) // temporal, temporal, H, W).amax(dim=3)
+    m = torch.cat([first, rest], dim=2)  # [B, 1, F, H, W]
+    F_ = m.shape[2]
+    m = torch.nn.functional.max_pool2d(m.reshape(B * F_, 1, H, W), spatial)
+    m = torch.nn.functional.max_pool2d(m, 3, stride=1, padding=1)
+    return m.reshape(B, 1, F_, H // spatial, W // spatial)
 
 
 def write_ppm(path, frame):
