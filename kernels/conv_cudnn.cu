@@ -24,8 +24,8 @@ namespace cuda {
 
 namespace {
 
-// ci, t, h, w, kt, kh, kw, co, pad_h, pad_w
-using ConvKey = std::array<int64_t, 10>;
+// ci, t, h, w, kt, kh, kw, co, pad_h, pad_w, bf16 data (0 or 1)
+using ConvKey = std::array<int64_t, 11>;
 
 struct ConvPlan {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr;
@@ -56,9 +56,10 @@ bool exact_kind(cudnnConvolutionFwdAlgo_t a) {
 const size_t kMaxWorkspace = size_t(1) << 30;
 
 std::string shape_str(const ConvKey& k) {
-  return "x [" + std::to_string(k[0]) + ", " + std::to_string(k[1]) + ", " + std::to_string(k[2]) +
-         ", " + std::to_string(k[3]) + "] w [" + std::to_string(k[7]) + ", " + std::to_string(k[0]) +
-         ", " + std::to_string(k[4]) + ", " + std::to_string(k[5]) + ", " + std::to_string(k[6]) + "]";
+  return std::string(k[10] ? "bf16 " : "") + "x [" + std::to_string(k[0]) + ", " + std::to_string(k[1]) +
+         ", " + std::to_string(k[2]) + ", " + std::to_string(k[3]) + "] w [" + std::to_string(k[7]) +
+         ", " + std::to_string(k[0]) + ", " + std::to_string(k[4]) + ", " + std::to_string(k[5]) + ", " +
+         std::to_string(k[6]) + "]";
 }
 
 }  // namespace
@@ -74,6 +75,9 @@ struct CudnnConv3d::Impl {
     handle = cudnn.get();
     return handle != nullptr;
   }
+  // forward() and forward_bf16(): x, w, y float32 or bf16 as `bf16` says
+  bool run(DeviceMemory& mem, const void* x, const void* w, void* y, const Conv3dShape& s, int64_t co,
+           bool bf16);
 
   // Builds the descriptors and picks an algorithm; a plan without one (ok = false) is
   // cached too, so a rejected shape is asked about once.
@@ -93,18 +97,22 @@ struct CudnnConv3d::Impl {
     const int xs[5] = {ci * t * h * w, t * h * w, h * w, w, 1};
     const int wd[5] = {co, ci, kt, kh, kw};
     const int pad[3] = {0, int(k[8]), int(k[9])}, one[3] = {1, 1, 1};
+    // bf16 data: cuDNN's BFLOAT16 config (float accumulation, tensor cores)
+    const cudnnDataType_t dt = k[10] ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
     int yd[5] = {0, 0, 0, 0, 0};
     bool good = ok(cudnnCreateTensorDescriptor(&p->x), "create x") &&
                 ok(cudnnCreateTensorDescriptor(&p->y), "create y") &&
                 ok(cudnnCreateFilterDescriptor(&p->w), "create w") &&
                 ok(cudnnCreateConvolutionDescriptor(&p->conv), "create conv") &&
-                ok(cudnnSetTensorNdDescriptor(p->x, CUDNN_DATA_FLOAT, 5, xd, xs), "x") &&
-                ok(cudnnSetFilterNdDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 5, wd), "w") &&
+                ok(cudnnSetTensorNdDescriptor(p->x, dt, 5, xd, xs), "x") &&
+                ok(cudnnSetFilterNdDescriptor(p->w, dt, CUDNN_TENSOR_NCHW, 5, wd), "w") &&
                 ok(cudnnSetConvolutionNdDescriptor(p->conv, 3, pad, one, one, CUDNN_CROSS_CORRELATION,
                                                    CUDNN_DATA_FLOAT),
                    "conv") &&
-                // TF32 tensor cores are allowed for float data on sm_80+, as in the GEMM path
-                ok(cudnnSetConvolutionMathType(p->conv, CUDNN_DEFAULT_MATH), "math type") &&
+                // TF32 tensor cores are allowed for float data on sm_80+, as in the GEMM path;
+                // bf16 data runs on tensor cores either way
+                ok(cudnnSetConvolutionMathType(p->conv, k[10] ? CUDNN_TENSOR_OP_MATH : CUDNN_DEFAULT_MATH),
+                   "math type") &&
                 ok(cudnnGetConvolutionNdForwardOutputDim(p->conv, p->x, p->w, 5, yd), "output dims");
     if (good && (yd[0] != 1 || yd[1] != co || yd[2] != t - kt + 1 || yd[3] != h + 2 * pad[1] - kh + 1 ||
                  yd[4] != w + 2 * pad[2] - kw + 1)) {
@@ -113,7 +121,7 @@ struct CudnnConv3d::Impl {
     }
     if (good) {
       const int ys[5] = {yd[1] * yd[2] * yd[3] * yd[4], yd[2] * yd[3] * yd[4], yd[3] * yd[4], yd[4], 1};
-      good = ok(cudnnSetTensorNdDescriptor(p->y, CUDNN_DATA_FLOAT, 5, yd, ys), "y");
+      good = ok(cudnnSetTensorNdDescriptor(p->y, dt, 5, yd, ys), "y");
     }
     if (good) {
       cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
@@ -162,18 +170,28 @@ bool CudnnConv3d::built_with_cudnn() { return true; }
 
 bool CudnnConv3d::forward(DeviceMemory& mem, const float* x, const float* w, float* y,
                           const Conv3dShape& s, int64_t co) {
-  if (s.pad_t != 0 || !impl_->ready()) return false;
+  return impl_->run(mem, x, w, y, s, co, false);
+}
+
+bool CudnnConv3d::forward_bf16(DeviceMemory& mem, const uint16_t* x, const uint16_t* w, uint16_t* y,
+                               const Conv3dShape& s, int64_t co) {
+  return impl_->run(mem, x, w, y, s, co, true);
+}
+
+bool CudnnConv3d::Impl::run(DeviceMemory& mem, const void* x, const void* w, void* y,
+                            const Conv3dShape& s, int64_t co, bool bf16) {
+  if (s.pad_t != 0 || !ready()) return false;
   const int64_t lim = int64_t(1) << 31;
   if (s.ci * s.t * s.h * s.w >= lim || co * s.to * s.ho * s.wo >= lim) return false;  // int dims
-  const ConvKey key{s.ci, s.t, s.h, s.w, s.kt, s.kh, s.kw, co, s.pad_h, s.pad_w};
-  ConvPlan* p = impl_->plan_for(key);
+  const ConvKey key{s.ci, s.t, s.h, s.w, s.kt, s.kh, s.kw, co, s.pad_h, s.pad_w, int64_t(bf16)};
+  ConvPlan* p = plan_for(key);
   if (!p) return false;
-  const float one = 1.0f, zero = 0.0f;
-  auto run = [&](cudnnConvolutionFwdAlgo_t algo, size_t bytes) {
+  const float one = 1.0f, zero = 0.0f;  // float scaling for float and bf16 data alike
+  auto run_algo = [&](cudnnConvolutionFwdAlgo_t algo, size_t bytes) {
     std::shared_ptr<void> ws;
     if (bytes) ws = mem.scratch(bytes);
-    const cudnnStatus_t st = cudnnConvolutionForward(impl_->handle, &one, p->x, x, p->w, w, p->conv,
-                                                     algo, ws.get(), bytes, &zero, p->y, y);
+    const cudnnStatus_t st = cudnnConvolutionForward(handle, &one, p->x, x, p->w, w, p->conv, algo,
+                                                     ws.get(), bytes, &zero, p->y, y);
     if (st != CUDNN_STATUS_SUCCESS)
       throw device_error("cudnnConvolutionForward (" + shape_str(key) + "): " + cudnnGetErrorString(st));
   };
@@ -186,9 +204,9 @@ bool CudnnConv3d::forward(DeviceMemory& mem, const float* x, const float* w, flo
     MG_CUDA_CHECK(cudaEventCreate(&e1));
     float best = -1.0f;
     for (const auto& [algo, bytes] : p->candidates) {
-      MG_CUDA_CHECK(cudaEventRecord(e0, impl_->stream));
-      run(algo, bytes);
-      MG_CUDA_CHECK(cudaEventRecord(e1, impl_->stream));
+      MG_CUDA_CHECK(cudaEventRecord(e0, stream));
+      run_algo(algo, bytes);
+      MG_CUDA_CHECK(cudaEventRecord(e1, stream));
       MG_CUDA_CHECK(cudaEventSynchronize(e1));
       float ms = 0.0f;
       MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
@@ -204,7 +222,7 @@ bool CudnnConv3d::forward(DeviceMemory& mem, const float* x, const float* w, flo
               " fastest of " + std::to_string(p->candidates.size()) + " (" + std::to_string(best) + " ms)");
     p->candidates.clear();
   }
-  run(p->algo, p->workspace);
+  run_algo(p->algo, p->workspace);
   return true;
 }
 
@@ -216,6 +234,10 @@ CudnnConv3d::~CudnnConv3d() = default;
 bool CudnnConv3d::built_with_cudnn() { return false; }
 bool CudnnConv3d::forward(DeviceMemory&, const float*, const float*, float*, const Conv3dShape&,
                           int64_t) {
+  return false;
+}
+bool CudnnConv3d::forward_bf16(DeviceMemory&, const uint16_t*, const uint16_t*, uint16_t*,
+                               const Conv3dShape&, int64_t) {
   return false;
 }
 

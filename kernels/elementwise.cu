@@ -150,6 +150,20 @@ __global__ void split_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __
     lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
   }
 }
+// y[r, c] = bf16(gate[r] * w[r, c]): a bf16 weight with its output rows scaled
+__global__ void scale_rows_bf16_kernel(const __nv_bfloat16* __restrict__ w, const float* __restrict__ g,
+                                       __nv_bfloat16* __restrict__ y, int64_t n, int64_t cols) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16_rn(g[i / cols] * __bfloat162float(w[i]));
+}
+__global__ void bf16_to_f32_channel_bias_kernel(const __nv_bfloat16* __restrict__ x,
+                                                const float* __restrict__ b, float* __restrict__ y,
+                                                int64_t n, int64_t p) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = __bfloat162float(x[i]) + (b ? b[i / p] : 0.0f);
+}
 __global__ void bf16_to_f32_kernel(const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
                                    int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -223,6 +237,15 @@ void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, cudaStrea
   MG_CUDA_LAUNCH_CHECK();
 }
 
+void scale_rows_bf16(const uint16_t* w, const float* gate, uint16_t* y, int64_t rows, int64_t cols,
+                     cudaStream_t s) {
+  const int64_t n = rows * cols;
+  if (n <= 0) return;
+  scale_rows_bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(
+      reinterpret_cast<const __nv_bfloat16*>(w), gate, reinterpret_cast<__nv_bfloat16*>(y), n, cols);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
 void f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
   if (n % 4 == 0 && aligned16(x) && (reinterpret_cast<uintptr_t>(y) & 7) == 0) {
@@ -232,6 +255,15 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
     f32_to_bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(
         x, reinterpret_cast<__nv_bfloat16*>(y), n);
   }
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void bf16_to_f32_channel_bias(const uint16_t* x, const float* b, float* y, int64_t c, int64_t p,
+                              cudaStream_t s) {
+  const int64_t n = c * p;
+  if (n <= 0) return;
+  bf16_to_f32_channel_bias_kernel<<<blocks_for(n), kThreads, 0, s>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x), b, y, n, p);
   MG_CUDA_LAUNCH_CHECK();
 }
 

@@ -70,6 +70,12 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
 // hi = bf16(x), lo = bf16(x - hi) (Ops::split_weight, linear_split)
 void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, cudaStream_t stream);
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream);
+// y[c, p] = float(x[c, p]) + b[c] (b optional): a bf16 convolution's output, widened
+void bf16_to_f32_channel_bias(const uint16_t* x, const float* b, float* y, int64_t c, int64_t p,
+                              cudaStream_t stream);
+// y[r, c] = bf16(gate[r] * w[r, c]) for a bf16 weight [rows, cols] (Ops::linear_residual_'s gate)
+void scale_rows_bf16(const uint16_t* w, const float* gate, uint16_t* y, int64_t rows, int64_t cols,
+                     cudaStream_t stream);
 
 // ---- norms.cu ---------------------------------------------------------------------------------
 // LayerNorm over the last dim d of [rows, d]; w/b optional; when scale is given,
@@ -149,7 +155,8 @@ void im2col3d_bf16(const float* x, uint16_t* col, const Conv3dShape& s, int64_t 
 
 // ---- conv_cudnn.cu ----------------------------------------------------------------------------
 // conv3d through cuDNN's convolution API: float32 NCDHW tensors (batch 1), float32 compute
-// with TF32 tensor cores allowed (the im2col path's numerics), implicit-GEMM algorithms only
+// with TF32 tensor cores allowed (the im2col path's numerics), or bf16 NCDHW tensors with
+// float accumulation (forward_bf16, MOGAGEN_CONV=bf16), implicit-GEMM algorithms only
 // (no FFT or Winograd: their error is not the reference's), stride and dilation 1, zero
 // padding (0, pad_h, pad_w): any front temporal padding must already be in x (s.pad_t == 0).
 // No bias. forward() returns false, having done nothing, when cuDNN is absent or offers no
@@ -165,6 +172,9 @@ class CudnnConv3d {
   static bool built_with_cudnn();
   bool forward(DeviceMemory& mem, const float* x, const float* w, float* y, const Conv3dShape& s,
                int64_t co);
+  // The same with bf16 x, w and y (float accumulation; MOGAGEN_CONV=bf16).
+  bool forward_bf16(DeviceMemory& mem, const uint16_t* x, const uint16_t* w, uint16_t* y,
+                    const Conv3dShape& s, int64_t co);
 
  private:
   struct Impl;

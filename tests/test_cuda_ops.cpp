@@ -244,6 +244,18 @@ TEST(CudaOps, LinearSplit) {
 // (acc after minus before) is compared, so the check is not diluted by acc itself. The
 // gated case must differ in rounding from the GPU composition somewhere: identical bits
 // would mean the fused path never ran.
+// The gate's rows of a weight, rounded to bf16 as CUDA's linear_residual_ folds them:
+// bf16(gate[r] * bf16(w[r, c])).
+Tensor gated_weight_bf16(const Tensor& w, const Tensor& gate) {
+  Tensor y = bf16_round(w).clone();
+  const int64_t rows = w.dim(0), cols = w.dim(1);
+  float* p = y.data<float>();
+  const float* g = gate.data<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) p[r * cols + c] *= g[r];
+  return bf16_round(y);
+}
+
 TEST(CudaOps, LinearResidual) {
   REQUIRE_CUDA();
   Backends b;
@@ -251,13 +263,18 @@ TEST(CudaOps, LinearResidual) {
     const Tensor x = randn({m, k}, 145), w = randn({n, k}, 146, 0.1f), bias = randn({n}, 147);
     const Tensor gate = randn({1, n}, 148), acc0 = randn({m, n}, 149, 4.0f);
     const Tensor wd = b.gpu->weight(w), bd = b.gpu->weight(bias, true), gd = b.up(gate);
+    const Tensor gb = b.cpu->mul(gate.reshape({n}), bias);  // gate (.) b
     for (int variant = 0; variant < 3; ++variant) {  // gate and bias; bias only; gate only
-      const Tensor* hb = variant == 2 ? nullptr : &bias;
       const Tensor* db = variant == 2 ? nullptr : &bd;
-      const Tensor* hg = variant == 1 ? nullptr : &gate;
       const Tensor* dg = variant == 1 ? nullptr : &gd;
+      // the reference with the operands CUDA multiplies: bf16 x, and the weight rows
+      // scaled by the gate and rounded to bf16 (the bias scaled in float32)
       Tensor ref = acc0.clone();
-      b.cpu->linear_residual_(ref, bf16_round(x), bf16_round(w), hb, hg);
+      if (variant == 1)
+        b.cpu->linear_residual_(ref, bf16_round(x), bf16_round(w), &bias, nullptr);
+      else
+        b.cpu->linear_residual_(ref, bf16_round(x), gated_weight_bf16(w, gate),
+                                variant == 0 ? &gb : nullptr, nullptr);
       Tensor acc = b.up(acc0);
       b.gpu->linear_residual_(acc, b.up(x), wd, db, dg);
       const char* what[3] = {"linear_residual_ gate and bias", "linear_residual_ no gate",
@@ -268,7 +285,7 @@ TEST(CudaOps, LinearResidual) {
         Tensor comp = b.up(acc0);
         b.gpu->gated_add_(comp, b.gpu->linear(b.up(x), wd, &bd), gd);
         EXPECT_GT(rel_error(b.down(acc), b.down(comp)), 0.0)
-            << "bit-identical to the composition: cuBLASLt's alpha-vector GEMM did not run";
+            << "bit-identical to the composition: the fused GEMM (gated weight, C = D) did not run";
       }
     }
     // into rows [m/3, m) of a larger tensor, as the FFN's tiles update the stream
@@ -276,7 +293,8 @@ TEST(CudaOps, LinearResidual) {
     Tensor big = b.up(acc0), ref = acc0.clone();
     Tensor tile = big.rows(r0, m), ref_tile = ref.rows(r0, m);
     b.gpu->linear_residual_(tile, b.up(x.rows(r0, m).clone()), wd, &bd, &gd);
-    b.cpu->linear_residual_(ref_tile, bf16_round(x.rows(r0, m).clone()), bf16_round(w), &bias, &gate);
+    b.cpu->linear_residual_(ref_tile, bf16_round(x.rows(r0, m).clone()), gated_weight_bf16(w, gate),
+                            &gb, nullptr);
     check(b.cpu->add(b.down(big), b.cpu->scale(acc0, -1.0f)), b.cpu->add(ref, b.cpu->scale(acc0, -1.0f)),
           1e-4, "linear_residual_ into a row slice");
   }
@@ -793,6 +811,8 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
   Backends b;
   ::setenv("MOGAGEN_CONV", "im2col", 1);
   std::unique_ptr<Ops> im2col = make_cuda_ops(0);
+  ::setenv("MOGAGEN_CONV", "bf16", 1);
+  std::unique_ptr<Ops> bf16 = make_cuda_ops(0);
   ::setenv("MOGAGEN_CONV", "winograd", 1);
   EXPECT_THROW(make_cuda_ops(0), Error);
   ::unsetenv("MOGAGEN_CONV");
@@ -817,6 +837,16 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
     if (c.kt * c.kh * c.kw > 1) {  // (a 1x1x1 conv is a plain GEMM either way)
       EXPECT_GT(d, 0.0) << "bit-identical: cuDNN did not run";
     }
+    // MOGAGEN_CONV=bf16: the float32 convolution of the bf16-rounded operands, its output
+    // rounded to bf16 before the bias (about 2^-9 of each value)
+    const Tensor ref16 = b.cpu->conv3d(bf16_round(x), bf16_round(w), &bias, c.pt, c.ph, c.pw);
+    const Tensor hw = bf16->weight(w, true), hb = bf16->weight(bias, true);
+    const Tensor h = bf16->download(bf16->conv3d(bf16->upload(x), hw, &hb, c.pt, c.ph, c.pw));
+    check(h, ref16, 4e-3, "conv3d bf16 through cuDNN");
+    EXPECT_GT(rel_error(h, a), 0.0) << "bit-identical to the float32 path: the bf16 convolution did not run";
+    // the weight's bf16 copy is kept: a second call gives the same values
+    const Tensor h2 = bf16->download(bf16->conv3d(bf16->upload(x), hw, &hb, c.pt, c.ph, c.pw));
+    EXPECT_EQ(rel_error(h2, h), 0.0);
   }
 }
 

@@ -80,6 +80,15 @@ if want checks; then
         step "verify $comp $name --device cuda" build/mogagen verify "$comp" "$set" --device cuda
       fi
     done
+    # the candidate defaults (umT5 split-qk, bf16 VAE convolutions), before they become ones
+    if [ -d "$set/t5" ]; then
+      step "verify t5 $name --device cuda, MOGAGEN_T5_MATMUL=split-qk" \
+        env MOGAGEN_T5_MATMUL=split-qk build/mogagen verify t5 "$set" --device cuda
+    fi
+    if [ -d "$set/vae" ]; then
+      step "verify vae $name --device cuda, MOGAGEN_CONV=bf16" \
+        env MOGAGEN_CONV=bf16 build/mogagen verify vae "$set" --device cuda
+    fi
   done
   step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
 fi
@@ -109,6 +118,7 @@ if want bench; then
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3 --profile on
   step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3 --profile on
   step "bench VAE (conv3d through cuDNN)" build/mogagen_bench vae --profile on
+  step "bench VAE, MOGAGEN_CONV=bf16" env MOGAGEN_CONV=bf16 build/mogagen_bench vae --profile on
   step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
 fi
 B="build/mogagen_bench dit --frames 120 --height 60 --width 104"  # 187,200 tokens

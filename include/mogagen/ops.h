@@ -70,9 +70,10 @@ class Ops {
   // float32 with linear's output shape: the residual stream's update after an attention's
   // output projection and after the FFN. The composition (linear, then gated_add_ or add_)
   // is the definition and the CPU's path. CUDA folds the update into the GEMM with bf16
-  // weights (cuBLASLt: D = gate * (x w^T) + 1 * C + gate * b, with C = D = acc), so the
-  // float32 product is never written and read back; where cuBLASLt offers no algorithm
-  // for that, the composition runs.
+  // weights (cuBLASLt: D = x (gate (.) w)^T + 1 * C + gate (.) b, with C = D = acc and the
+  // gated weight rows rounded to bf16 once per call), so the float32 product is never
+  // written and read back; where cuBLASLt offers no algorithm for that, the composition
+  // runs.
   virtual void linear_residual_(Tensor& acc, const Tensor& x, const Tensor& w, const Tensor* b,
                                 const Tensor* gate) {
     const Tensor y = linear(x, w, b);

@@ -189,7 +189,6 @@ struct GemmArgs {
   int64_t ldc = 0;
   cudaDataType_t ab = CUDA_R_32F;  // CUDA_R_16BF (fp32 accumulate) or CUDA_R_32F (no TF32)
   const void* bias = nullptr;      // [m], added to every column (epilogue)
-  const float* alpha_vec = nullptr;  // [m] on the device: D = alpha (.) (A B) + C + bias (run_residual)
   cudaDataType_t bias_type = CUDA_R_32F;  // CUDA_R_16BF only with a bf16 D (D's type)
   bool tf32 = false;               // F32 inputs on TF32 tensor cores (fp32 accumulation)
 };
@@ -240,9 +239,8 @@ class Gemm {
     if (g.bias) add_bias(g);
   }
 
-  // D = alpha (.) (A B) + C + bias with C = D = g.c (float32, in place): alpha a device
-  // vector over D's rows (g.alpha_vec) or 1. Returns false, having done nothing, when
-  // cuBLASLt has no algorithm for it: the caller then runs the composition.
+  // D = A B + C + bias with C = D = g.c (float32, in place). Returns false, having done
+  // nothing, when cuBLASLt has no algorithm for it: the caller then runs the composition.
   bool run_residual(const GemmArgs& g) {
     if (g.m <= 0 || g.n <= 0 || g.k <= 0) return false;
     Entry& e = entry(g, Out::F32, true);
@@ -251,8 +249,7 @@ class Gemm {
     if (g.bias)
       MG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &g.bias, sizeof(g.bias)));
-    const void* alpha = g.alpha_vec ? static_cast<const void*>(g.alpha_vec) : &one;
-    MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, alpha, g.a, e.a, g.b, e.b, &one, g.c, e.c, g.c, e.c,
+    MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &one, g.c, e.c, g.c, e.c,
                                    &e.algo, ws_, ws_bytes_, stream_));
     return true;
   }
@@ -300,10 +297,9 @@ class Gemm {
 
   // What D is: float32 (run, run_residual), bf16, or bf16 after the tanh-GELU (run_bf16).
   enum class Out { F32, Bf16, GeluBf16 };
-  // residual: run_residual's mode (beta 1, alpha a device vector when g.alpha_vec is set)
+  // residual: run_residual's mode (beta 1, C = D)
   Entry& entry(const GemmArgs& g, Out out, bool residual = false) {
-    const int64_t mode = int64_t(out) + 4 * int64_t(residual) +
-                         8 * int64_t(residual && g.alpha_vec) + 16 * int64_t(g.bias_type);
+    const int64_t mode = int64_t(out) + 4 * int64_t(residual) + 8 * int64_t(g.bias_type);
     const Key key{int64_t(g.ta),        int64_t(g.tb),         g.m,
                   g.n,                  g.k,                   g.lda,
                   g.ldb,                g.ldc,                 int64_t(g.ab),
@@ -319,13 +315,6 @@ class Gemm {
     const bool gelu = out == Out::GeluBf16, bf16_d = out != Out::F32;
     Entry e;
     MG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, compute_type(g), CUDA_R_32F));
-    if (residual && g.alpha_vec) {
-      // alpha per row of D (the output feature: the gate), beta a host scalar (1)
-      const int32_t pm = CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST;
-      if (cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof(pm)) !=
-          CUBLAS_STATUS_SUCCESS)
-        return e;  // not offered: no algorithm, the caller composes
-    }
     MG_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &g.ta, sizeof(g.ta)));
     MG_CUBLAS_CHECK(
@@ -415,18 +404,23 @@ class CudaOps final : public Ops {
     conv_ = std::make_unique<CudnnConv3d>(dev_, stream_);
     const char* no = std::getenv("MOGAGEN_NO_CUDNN");
     use_cudnn_ = !(no && *no && std::strcmp(no, "0") != 0);
-    // MOGAGEN_CONV=im2col keeps conv3d on im2col + GEMM (to compare; cudnn is the default)
+    // MOGAGEN_CONV: cudnn (the default: float32 data, TF32), bf16 (cuDNN with bf16 data and
+    // float accumulation, diffusers' precision) or im2col (im2col + GEMM, to compare)
     const char* conv = std::getenv("MOGAGEN_CONV");
     if (conv && *conv && std::strcmp(conv, "cudnn") != 0) {
-      if (std::strcmp(conv, "im2col") != 0)
-        throw usage_error(std::string("MOGAGEN_CONV: expected cudnn or im2col, found '") + conv + "'");
-      cudnn_conv_ = false;
+      if (std::strcmp(conv, "im2col") == 0)
+        cudnn_conv_ = false;
+      else if (std::strcmp(conv, "bf16") == 0)
+        conv_bf16_ = true;
+      else
+        throw usage_error(std::string("MOGAGEN_CONV: expected cudnn, bf16 or im2col, found '") + conv + "'");
     }
   }
 
   ~CudaOps() override {
     cudaSetDevice(dev_);
     cudaStreamSynchronize(stream_);
+    conv_w16_.clear();  // device tensors: released while the stream and memory are alive
     sdpa_.reset();
     conv_.reset();
     gemm_.reset();
@@ -566,20 +560,27 @@ class CudaOps final : public Ops {
       if (acc.numel() != m * n)
         throw internal_error("linear_residual_: acc " + acc.str() + " for x " + x.str() + " w " + w.str());
       if (m == 0) return;
-      Tensor bias = linear_bias(b, w, "linear_residual_"), g;
+      Tensor bias = linear_bias(b, w, "linear_residual_"), wg = w;
       if (gate) {
-        g = in_f32(*gate, "linear_residual_", "gate");
+        // The gate folded into the weight: gate (.) (x w^T + b) = x (gate (.) w)^T + gate (.) b,
+        // with gate (.) w rounded to bf16 once per call (a pass over the weight, against two
+        // over [N, n] in float32 for the composition). cuBLASLt's alpha-vector pointer modes
+        // would keep w as it is, but it has no algorithm for them with bf16 operands (the
+        // H200 run of CudaOps.LinearResidual, docs/performance.md, sixth session).
+        const Tensor g = in_f32(*gate, "linear_residual_", "gate");
         if (g.numel() != n)
           throw internal_error("linear_residual_: gate " + gate->str() + " for " + w.str());
-        if (bias.defined()) bias = mul(g, bias);  // gate (.) b: the epilogue adds it after alpha
+        if (bias.defined()) bias = mul(g, bias);
+        wg = alloc(w.shape(), DType::BF16);
+        cuda::scale_rows_bf16(w.data<uint16_t>(), g.data<float>(), wg.data<uint16_t>(), n, w.dim(1),
+                              stream_);
       }
       const Tensor xin = to_bf16(x, "linear_residual_", "x");
       GemmArgs ga = linear_gemm(w, m, bias);
       ga.ab = CUDA_R_16BF;
-      ga.a = w.raw();
+      ga.a = wg.raw();
       ga.b = xin.raw();
       ga.c = acc.data<float>();
-      ga.alpha_vec = gate ? g.data<float>() : nullptr;
       if (gemm_->run_residual(ga)) return;
     }
     Ops::linear_residual_(acc, x, w, b, gate);  // float32 weights, or no cuBLASLt algorithm
@@ -1118,6 +1119,8 @@ class CudaOps final : public Ops {
     }
     Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
     const bool bf = w.dtype() == DType::BF16;
+    if (!bf && use_cudnn_ && cudnn_conv_ && conv_bf16_ && conv3d_bf16(x, w, b ? &bias : nullptr, s, co, y))
+      return y;
     if (!bf && use_cudnn_ && cudnn_conv_) {
       // cuDNN's implicit GEMM reads x in place (im2col writes kt*kh*kw copies of it). Its
       // padding is symmetric, so the causal front frames are zeros put in front of x.
@@ -1166,6 +1169,39 @@ class CudaOps final : public Ops {
     }
     if (b) add_channel_bias(y.data<float>(), bias.data<float>(), co, P, stream_);
     return y;
+  }
+
+  // conv3d through cuDNN with bf16 data (MOGAGEN_CONV=bf16): x (float32 or held bf16) is
+  // written once as the bf16 input with the causal front frames zeroed, the weight's bf16
+  // copy is made on its first use and kept, and the bf16 output is widened to y with the
+  // bias in one pass. False, having written nothing to y, where cuDNN has no algorithm.
+  bool conv3d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dShape& s,
+                   int64_t co, Tensor& y) {
+    const int64_t f = s.h * s.w, t = s.t + s.pad_t;
+    Tensor xin = alloc({s.ci, t, s.h, s.w}, DType::BF16);
+    uint16_t* xp = xin.data<uint16_t>();
+    if (s.pad_t > 0)  // the zero frames in front of every channel
+      MG_CUDA_CHECK(cudaMemset2DAsync(xp, size_t(t * f) * 2, 0, size_t(s.pad_t * f) * 2, size_t(s.ci),
+                                      stream_));
+    const Tensor xx = in_f32_or_bf16(x, "conv3d", "x");
+    time_slab_bf16(xp + s.pad_t * f, t, xx, 0, s.t, s.ci, f);
+    Conv3dShape cs = s;
+    cs.t = t;
+    cs.pad_t = 0;
+    Tensor y16 = alloc(y.shape(), DType::BF16);
+    if (!conv_->forward_bf16(*mem_, xp, conv_weight_bf16(w).data<uint16_t>(), y16.data<uint16_t>(), cs, co))
+      return false;
+    cuda::bf16_to_f32_channel_bias(y16.data<uint16_t>(), bias ? bias->data<float>() : nullptr,
+                                   y.data<float>(), co, s.to * s.ho * s.wo, stream_);
+    return true;
+  }
+  // The bf16 copy of a float32 conv weight, made once: keyed by the weight's storage, which
+  // the entry keeps alive so that the address cannot be reused while it is cached.
+  const Tensor& conv_weight_bf16(const Tensor& w) {
+    auto it = conv_w16_.find(w.raw());
+    if (it == conv_w16_.end() || it->second.first.shape() != w.shape())
+      it = conv_w16_.insert_or_assign(w.raw(), std::make_pair(w, to_bf16(w, "conv3d", "w"))).first;
+    return it->second.second;
   }
 
   Tensor upsample2x(const Tensor& x) override {
@@ -1556,6 +1592,9 @@ class CudaOps final : public Ops {
   std::unique_ptr<CudnnConv3d> conv_;
   bool use_cudnn_ = true;
   bool cudnn_conv_ = true;  // conv3d with float32 weights through cuDNN (MOGAGEN_CONV)
+  bool conv_bf16_ = false;  // ... with bf16 data (MOGAGEN_CONV=bf16)
+  // conv_weight_bf16's copies: weight storage -> (the weight, held alive; its bf16 copy)
+  std::map<const void*, std::pair<Tensor, Tensor>> conv_w16_;
 };
 
 // Device 0..n-1 usable by this build (sm_90a code: compute capability 9.0 exactly).
