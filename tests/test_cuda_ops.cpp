@@ -847,6 +847,19 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
     // the weight's bf16 copy is kept: a second call gives the same values
     const Tensor h2 = bf16->download(bf16->conv3d(bf16->upload(x), hw, &hb, c.pt, c.ph, c.pw));
     EXPECT_EQ(rel_error(h2, h), 0.0);
+    // after a cached frame (conv3d_after): one held frame in front of x, one less of padding
+    if (c.kt > 1) {
+      const Tensor front = randn({c.ci, 1, c.h, c.w}, 123);
+      const int pt = std::max(0, c.pt - 1);
+      const Tensor cat_ref = b.cpu->cat_time(front, x);
+      check(b.down(b.gpu->conv3d_after(b.gpu->hold_frames(b.up(front)), b.up(x), aw, &ab, pt, c.ph, c.pw)),
+            b.cpu->conv3d(b.cpu->cat_time(bf16_round(front), x), w, &bias, pt, c.ph, c.pw), kTf32Tol,
+            "conv3d_after, float32 path (held front)");
+      const Tensor hf = bf16->download(
+          bf16->conv3d_after(bf16->hold_frames(bf16->upload(front)), bf16->upload(x), hw, &hb, pt, c.ph, c.pw));
+      check(hf, b.cpu->conv3d(bf16_round(cat_ref), bf16_round(w), &bias, pt, c.ph, c.pw), 4e-3,
+            "conv3d_after, bf16 path");
+    }
   }
 }
 

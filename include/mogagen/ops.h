@@ -254,6 +254,14 @@ class Ops {
   // sides of H / W. Stride 1.
   virtual Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* b, int pad_t_front,
                         int pad_h, int pad_w) = 0;
+  // conv3d(cat_time(front, x), ...): a causal convolution over the cached frames `front`
+  // (held or float32) followed by x. That composition is the default. CUDA's bf16
+  // convolutions (MOGAGEN_CONV=bf16) write their bf16 input once from both, without the
+  // float32 concatenation.
+  virtual Tensor conv3d_after(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
+                              int pad_t_front, int pad_h, int pad_w) {
+    return conv3d(cat_time(front, x), w, b, pad_t_front, pad_h, pad_w);
+  }
   // Nearest 2x spatial upsample of [C, T, H, W].
   virtual Tensor upsample2x(const Tensor& x) = 0;
   // Concatenate along dim 1 (time) of [C, T, H, W] tensors; slice frames [t0, t1).

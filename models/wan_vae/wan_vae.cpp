@@ -366,13 +366,14 @@ Tensor WanVaeDecoder::causal(const Tensor& x, const Conv& c, Cache& cache) {
   if (pad_t == 0) return conv(x, c, 0);
   const int idx = cache.next();
   Tensor& old = cache.slot[idx];
-  Tensor in;
-  if (old.defined()) {
-    PartProfile::Scope p(profile_, "causal cache copies");
-    in = ops_.cat_time(old, x);
+  Tensor y;
+  if (old.defined()) {  // the conv over [old, x] (Ops::conv3d_after: cat_time, then conv3d)
+    PartProfile::Scope p(profile_, "conv3d after the cache");
+    y = ops_.conv3d_after(old, x, c.w, c.b.defined() ? &c.b : nullptr,
+                          std::max<int>(0, pad_t - int(old.dim(1))), c.kh / 2, c.kw / 2);
+  } else {
+    y = conv(x, c, pad_t);
   }
-  Tensor y = old.defined() ? conv(in, c, std::max<int>(0, pad_t - int(old.dim(1)))) : conv(x, c, pad_t);
-  in = Tensor();
   PartProfile::Scope p(profile_, "causal cache copies");
   old = ops_.cache_tail(old, x, kCacheT);  // the last kCacheT frames of [old, x], held
   return y;

@@ -72,8 +72,10 @@ class WanVaeDecoder {
   size_t max_cache_bytes() const { return max_cache_bytes_; }  // peak total cache size
 
   // Seconds per part of the decodes run while profiling is on (mogagen_bench vae --profile
-  // on): "conv3d", "norm and SiLU", "causal cache copies" (slices, concatenations, held
-  // frames), "upsample", "middle attention", "residual adds", "download". Each part is
+  // on): "conv3d" (without a cache), "conv3d after the cache" (Ops::conv3d_after: the
+  // concatenation with the cached frames and the conv), "norm and SiLU", "causal cache
+  // copies" (the next caches, slices, held frames), "upsample", "middle attention",
+  // "residual adds", "download". Each part is
   // bracketed by synchronizes, so a profiled decode is slower than a plain one.
   void set_profiling(bool on) { profile_.enable(on); }
   const std::map<std::string, double>& profile() const { return profile_.seconds(); }

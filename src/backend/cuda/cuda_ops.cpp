@@ -1119,7 +1119,7 @@ class CudaOps final : public Ops {
     }
     Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
     const bool bf = w.dtype() == DType::BF16;
-    if (!bf && use_cudnn_ && cudnn_conv_ && conv_bf16_ && conv3d_bf16(x, w, b ? &bias : nullptr, s, co, y))
+    if (!bf && use_cudnn_ && cudnn_conv_ && conv_bf16_ && conv3d_bf16(Tensor(), x, w, b ? &bias : nullptr, s, co, y))
       return y;
     if (!bf && use_cudnn_ && cudnn_conv_) {
       // cuDNN's implicit GEMM reads x in place (im2col writes kt*kh*kw copies of it). Its
@@ -1171,20 +1171,62 @@ class CudaOps final : public Ops {
     return y;
   }
 
-  // conv3d through cuDNN with bf16 data (MOGAGEN_CONV=bf16): x (float32 or held bf16) is
-  // written once as the bf16 input with the causal front frames zeroed, the weight's bf16
-  // copy is made on its first use and kept, and the bf16 output is widened to y with the
-  // bias in one pass. False, having written nothing to y, where cuDNN has no algorithm.
-  bool conv3d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv3dShape& s,
-                   int64_t co, Tensor& y) {
+  Tensor conv3d_after(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
+                      int pad_t_front, int pad_h, int pad_w) override {
+    bind();
+    if (!(conv_bf16_ && use_cudnn_ && cudnn_conv_) || !front.defined() || w.dtype() != DType::F32 ||
+        front.ndim() != 4 || x.ndim() != 4 || w.ndim() != 5 || front.dim(0) != x.dim(0) ||
+        front.dim(2) != x.dim(2) || front.dim(3) != x.dim(3) || w.dim(1) != x.dim(0))
+      return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+    expect_dev(w, "conv3d_after", "w");
+    Conv3dShape s{};
+    s.ci = x.dim(0);
+    s.t = front.dim(1) + x.dim(1);
+    s.h = x.dim(2);
+    s.w = x.dim(3);
+    s.kt = w.dim(2);
+    s.kh = w.dim(3);
+    s.kw = w.dim(4);
+    s.pad_t = pad_t_front;
+    s.pad_h = pad_h;
+    s.pad_w = pad_w;
+    s.to = s.t + pad_t_front - s.kt + 1;
+    s.ho = s.h + 2 * pad_h - s.kh + 1;
+    s.wo = s.w + 2 * pad_w - s.kw + 1;
+    const int64_t co = w.dim(0);
+    if (s.to <= 0 || s.ho <= 0 || s.wo <= 0) return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+    Tensor bias;
+    if (b) {
+      bias = in_f32(*b, "conv3d_after", "b");
+      if (bias.numel() != co) throw internal_error("conv3d_after: bias " + b->str() + " for " + w.str());
+    }
+    Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
+    if (conv3d_bf16(front, x, w, b ? &bias : nullptr, s, co, y)) return y;
+    return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+  }
+
+  // conv3d through cuDNN with bf16 data (MOGAGEN_CONV=bf16): [front, x] (each float32 or
+  // held bf16; front may be undefined) is written once as the bf16 input with the causal
+  // front frames zeroed, the weight's bf16 copy is made on its first use and kept, and the
+  // bf16 output is widened to y with the bias in one pass. s describes the whole input
+  // (s.t = front's frames + x's). False, having written nothing to y, where cuDNN has no
+  // algorithm.
+  bool conv3d_bf16(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* bias,
+                   const Conv3dShape& s, int64_t co, Tensor& y) {
     const int64_t f = s.h * s.w, t = s.t + s.pad_t;
     Tensor xin = alloc({s.ci, t, s.h, s.w}, DType::BF16);
     uint16_t* xp = xin.data<uint16_t>();
     if (s.pad_t > 0)  // the zero frames in front of every channel
       MG_CUDA_CHECK(cudaMemset2DAsync(xp, size_t(t * f) * 2, 0, size_t(s.pad_t * f) * 2, size_t(s.ci),
                                       stream_));
+    int64_t at = s.pad_t;
+    if (front.defined()) {
+      const Tensor ff = in_f32_or_bf16(front, "conv3d", "front");
+      time_slab_bf16(xp + at * f, t, ff, 0, front.dim(1), s.ci, f);
+      at += front.dim(1);
+    }
     const Tensor xx = in_f32_or_bf16(x, "conv3d", "x");
-    time_slab_bf16(xp + s.pad_t * f, t, xx, 0, s.t, s.ci, f);
+    time_slab_bf16(xp + at * f, t, xx, 0, x.dim(1), s.ci, f);
     Conv3dShape cs = s;
     cs.t = t;
     cs.pad_t = 0;
