@@ -159,14 +159,22 @@ struct Plan {
   cudnnBackendDescriptor_t plan = nullptr;
   int64_t workspace = 0;
   bool ok = false;
+  // Other finalized execution plans of the heuristics' list, with their workspace, until
+  // the first execution has timed them against `plan` (then the fastest is `plan`).
+  std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> candidates;
   Plan() = default;
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
   ~Plan() {
+    for (auto& c : candidates) cudnnBackendDestroyDescriptor(c.first);
     if (plan) cudnnBackendDestroyDescriptor(plan);
     for (auto it = descs.rbegin(); it != descs.rend(); ++it) cudnnBackendDestroyDescriptor(*it);
   }
 };
+
+// Engine configurations kept per graph for the first execution to time (the heuristics'
+// first is not always the fastest).
+constexpr size_t kMaxPlanCandidates = 4;
 
 class GraphBuilder {
  public:
@@ -281,7 +289,8 @@ class GraphBuilder {
 // Key: ragged, B, Sq, Skv, H, D.
 using PlanKey = std::array<int64_t, 6>;
 
-// Builds the SDPA graph and the first execution plan that finalizes. Throws CudnnFailure.
+// Builds the SDPA graph and up to kMaxPlanCandidates execution plans that finalize (the
+// heuristics' order; the first execution times them). Throws CudnnFailure.
 void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
   const bool ragged = key[0] != 0;
   const int64_t B = key[1], Sq = key[2], Skv = key[3], H = key[4], D = key[5];
@@ -386,13 +395,21 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
         continue;
       }
       int64_t ws = 0, n = 0;
-      MG_CUDNN_TRY(cudnnBackendGetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                            CUDNN_TYPE_INT64, 1, &n, &ws));
-      plan.plan = p;
-      plan.workspace = ws;
-      plan.ok = true;
-      return;
+      if (cudnnBackendGetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                                   &n, &ws) != CUDNN_STATUS_SUCCESS) {
+        cudnnBackendDestroyDescriptor(p);
+        continue;
+      }
+      if (!plan.ok) {
+        plan.plan = p;
+        plan.workspace = ws;
+        plan.ok = true;
+      } else {
+        plan.candidates.emplace_back(p, ws);
+      }
+      if (plan.candidates.size() + 1 >= kMaxPlanCandidates) break;
     }
+    if (plan.ok) return;  // the fallback heuristics only where mode A gave nothing
   }
   throw CudnnFailure{"no engine configuration finalized" + reasons};
 }
@@ -437,8 +454,10 @@ struct Sdpa::Impl {
 
   void execute(DeviceMemory& mem, Plan& plan, const std::vector<int64_t>& uids,
                const std::vector<void*>& ptrs) {
+    int64_t need = plan.workspace;
+    for (const auto& c : plan.candidates) need = std::max(need, c.second);
     std::shared_ptr<void> ws;
-    if (plan.workspace > 0) ws = mem.scratch(static_cast<size_t>(plan.workspace));
+    if (need > 0) ws = mem.scratch(static_cast<size_t>(need));
     void* wsp = ws.get();
     cudnnBackendDescriptor_t vp = nullptr;
     MG_CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp));
@@ -455,7 +474,42 @@ struct Sdpa::Impl {
     MG_CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
                                             CUDNN_TYPE_VOID_PTR, 1, &wsp));
     MG_CUDNN_CHECK(cudnnBackendFinalize(vp));
+    if (!plan.candidates.empty()) pick_fastest(plan, vp);
     MG_CUDNN_CHECK(cudnnBackendExecute(handle, plan.plan, vp));
+  }
+
+  // First execution of a graph with several finalized plans: each runs once on the real
+  // operands (the output is overwritten by the kept plan's run after this), the fastest
+  // becomes the plan, and the others are destroyed.
+  void pick_fastest(Plan& plan, cudnnBackendDescriptor_t vp) {
+    cudaEvent_t e0, e1;
+    MG_CUDA_CHECK(cudaEventCreate(&e0));
+    MG_CUDA_CHECK(cudaEventCreate(&e1));
+    std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> all{{plan.plan, plan.workspace}};
+    all.insert(all.end(), plan.candidates.begin(), plan.candidates.end());
+    plan.candidates.clear();
+    size_t best = 0;
+    float best_ms = -1.0f;
+    for (size_t i = 0; i < all.size(); ++i) {
+      MG_CUDA_CHECK(cudaEventRecord(e0, stream));
+      const cudnnStatus_t st = cudnnBackendExecute(handle, all[i].first, vp);
+      MG_CUDA_CHECK(cudaEventRecord(e1, stream));
+      MG_CUDA_CHECK(cudaEventSynchronize(e1));
+      float ms = 0.0f;
+      MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      if (st == CUDNN_STATUS_SUCCESS && (best_ms < 0.0f || ms < best_ms)) {
+        best_ms = ms;
+        best = i;
+      }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    for (size_t i = 0; i < all.size(); ++i)
+      if (i != best) cudnnBackendDestroyDescriptor(all[i].first);
+    plan.plan = all[best].first;
+    plan.workspace = all[best].second;
+    log_debug("cuDNN SDPA: engine configuration " + std::to_string(best) + " of " +
+              std::to_string(all.size()) + " is the fastest (" + std::to_string(best_ms) + " ms)");
   }
 };
 

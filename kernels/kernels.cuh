@@ -116,7 +116,8 @@ void attention_f32(cublasHandle_t blas, cudaStream_t stream, DeviceMemory& mem, 
                    int64_t d, int64_t ld, float scale, const float* bias);
 
 // cuDNN fused flash attention (bf16 in/out, fp32 softmax) with a plan cache keyed by shape.
-// Token-major packed layout [tokens, h, d]. run() returns false, without side effects,
+// The first call of a shape times up to four of the heuristics' engine configurations and
+// keeps the fastest. Token-major packed layout [tokens, h, d]. run() returns false, without side effects,
 // when cuDNN is not built in or cannot run this shape (the caller then falls back).
 class Sdpa {
  public:
