@@ -314,6 +314,10 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
         B = x0.shape[0]
         u = torch.sigmoid(torch.randn(B, generator=dgen, device=device))
         s = a.shift * u / (1 + (a.shift - 1) * u)
+        if a.uniform_t > 0:  # a share of the clips at uniform noise levels (routing balance at low noise)
+            flat = torch.rand(B, generator=dgen, device=device)
+            pick = torch.rand(B, generator=dgen, device=device) < a.uniform_t
+            s = torch.where(pick, flat, s)
         noise = torch.randn(x0.shape, generator=dgen, device=device)
         s5 = s[:, None, None, None, None]
         xt = (1 - s5) * x0 + s5 * noise
@@ -373,7 +377,7 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
             "text_encoder": "trained" if text.train else "frozen",
             "text_use_mse_gap": probes[-1][1] if probes else None,
             "text_use_object_mse_gap": probes[-1][2] if probes and len(probes[-1]) > 2 else None,
-            "object_weight": a.object_weight}
+            "object_weight": a.object_weight, "uniform_t": a.uniform_t}
     return model, cfg, info, state
 
 
@@ -668,7 +672,7 @@ Seed {info['seed']}, torch {info['torch']}. Training time: {v['seconds'] + d['se
 
 The VAE on whole 49-frame clips, as the engine decodes them: {", ".join(f"{k} {x} dB" for k, x in v.get("long_clip_psnr_db", {}).items()) or "not measured"}.
 
-Text use at the end: another clip's captions raise the flow MSE by {d.get('text_use_mse_gap') or float('nan'):.4f} ({d.get('text_use_object_mse_gap') or float('nan'):.4f} on the object's latent positions). The flow loss weighted the object's positions {1 + d.get('object_weight', 0.0):g}x (`--object-weight {d.get('object_weight', 0.0):g}`).
+Text use at the end: another clip's captions raise the flow MSE by {d.get('text_use_mse_gap') or float('nan'):.4f} ({d.get('text_use_object_mse_gap') or float('nan'):.4f} on the object's latent positions). The flow loss weighted the object's positions {1 + d.get('object_weight', 0.0):g}x (`--object-weight {d.get('object_weight', 0.0):g}`), and {d.get('uniform_t', 0.0):.0%} of the clips had a uniform noise level (`--uniform-t`).
 
 {calibration}
 
@@ -717,6 +721,9 @@ def main():
                     help="seeds per prompt of the export's semantic evaluation (tools/train/semantic.py)")
     ap.add_argument("--object-weight", type=float, default=0.0,
                     help="extra flow-loss weight on the object's latent positions (0: plain MSE)")
+    ap.add_argument("--uniform-t", type=float, default=0.0,
+                    help="share of the DiT's clips whose noise level is uniform in (0, 1) instead of "
+                         "shifted logit-normal (the low-noise states the sampler's last steps route)")
     ap.add_argument("--calibrate-rounds", type=int, default=12,
                     help="rounds of the export's router bias calibration (0: none; a CPU smoke run)")
     ap.add_argument("--balance", type=float, default=0.05)
