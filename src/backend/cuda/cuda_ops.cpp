@@ -1094,20 +1094,7 @@ class CudaOps final : public Ops {
       throw internal_error("conv3d: x " + x.str() + " w " + w.str());
     if (w.dtype() != DType::BF16 && w.dtype() != DType::F32)
       throw internal_error("conv3d: weight dtype " + w.str() + " (expected BF16 or F32)");
-    Conv3dShape s{};
-    s.ci = x.dim(0);
-    s.t = x.dim(1);
-    s.h = x.dim(2);
-    s.w = x.dim(3);
-    s.kt = w.dim(2);
-    s.kh = w.dim(3);
-    s.kw = w.dim(4);
-    s.pad_t = pad_t_front;
-    s.pad_h = pad_h;
-    s.pad_w = pad_w;
-    s.to = s.t + pad_t_front - s.kt + 1;
-    s.ho = s.h + 2 * pad_h - s.kh + 1;
-    s.wo = s.w + 2 * pad_w - s.kw + 1;
+    const Conv3dShape s = conv_shape(x, x.dim(1), w, pad_t_front, pad_h, pad_w);
     if (s.to <= 0 || s.ho <= 0 || s.wo <= 0)
       throw internal_error("conv3d: empty output for x " + x.str() + " w " + w.str());
     const int64_t co = w.dim(0), kk = s.ci * s.kt * s.kh * s.kw;
@@ -1179,9 +1166,25 @@ class CudaOps final : public Ops {
         front.dim(2) != x.dim(2) || front.dim(3) != x.dim(3) || w.dim(1) != x.dim(0))
       return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
     expect_dev(w, "conv3d_after", "w");
+    const Conv3dShape s = conv_shape(x, front.dim(1) + x.dim(1), w, pad_t_front, pad_h, pad_w);
+    const int64_t co = w.dim(0);
+    if (s.to <= 0 || s.ho <= 0 || s.wo <= 0) return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+    Tensor bias;
+    if (b) {
+      bias = in_f32(*b, "conv3d_after", "b");
+      if (bias.numel() != co) throw internal_error("conv3d_after: bias " + b->str() + " for " + w.str());
+    }
+    Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
+    if (conv3d_bf16(front, x, w, b ? &bias : nullptr, s, co, y)) return y;
+    return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+  }
+
+  // The convolution of an input of x's channels and frame size and t frames with w.
+  static Conv3dShape conv_shape(const Tensor& x, int64_t t, const Tensor& w, int pad_t_front, int pad_h,
+                                int pad_w) {
     Conv3dShape s{};
     s.ci = x.dim(0);
-    s.t = front.dim(1) + x.dim(1);
+    s.t = t;
     s.h = x.dim(2);
     s.w = x.dim(3);
     s.kt = w.dim(2);
@@ -1193,16 +1196,7 @@ class CudaOps final : public Ops {
     s.to = s.t + pad_t_front - s.kt + 1;
     s.ho = s.h + 2 * pad_h - s.kh + 1;
     s.wo = s.w + 2 * pad_w - s.kw + 1;
-    const int64_t co = w.dim(0);
-    if (s.to <= 0 || s.ho <= 0 || s.wo <= 0) return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
-    Tensor bias;
-    if (b) {
-      bias = in_f32(*b, "conv3d_after", "b");
-      if (bias.numel() != co) throw internal_error("conv3d_after: bias " + b->str() + " for " + w.str());
-    }
-    Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
-    if (conv3d_bf16(front, x, w, b ? &bias : nullptr, s, co, y)) return y;
-    return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+    return s;
   }
 
   // conv3d through cuDNN with bf16 data (MOGAGEN_CONV=bf16): [front, x] (each float32 or
