@@ -92,6 +92,9 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d,
 // x [c, p]: y = x / max(||x[:, p]||, eps) * sqrt(c) * gamma[c], then y / (1 + exp(-y)) when silu
 void channel_l2_norm(const float* x, const float* gamma, float* y, int64_t c, int64_t p,
                      float eps, bool silu, cudaStream_t stream);
+// the same, written in bf16 (the input of the VAE's bf16 convolutions)
+void channel_l2_norm_bf16(const float* x, const float* gamma, uint16_t* y, int64_t c, int64_t p,
+                          float eps, bool silu, cudaStream_t stream);
 
 // ---- rope.cu ----------------------------------------------------------------------------------
 // Interleaved rotary embedding in place on x [n, h, hd]; cos/sin [n, hd/2].

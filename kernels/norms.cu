@@ -67,9 +67,9 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
 
 // Silu: the activation after the norm (Ops::channel_l2_norm_silu), as the silu kernel
 // computes it on the norm's float32 result.
-template <bool Silu>
+template <bool Silu, typename Out>
 __global__ void channel_l2_kernel(const float* __restrict__ x, const float* __restrict__ g,
-                                  float* __restrict__ y, int64_t c, int64_t p, float sc,
+                                  Out* __restrict__ y, int64_t c, int64_t p, float sc,
                                   float eps) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -81,7 +81,7 @@ __global__ void channel_l2_kernel(const float* __restrict__ x, const float* __re
     const float f = sc / fmaxf(sqrtf(ss), eps);
     for (int64_t ci = 0; ci < c; ++ci) {
       const float v = (x[ci * p + i] * f) * g[ci];
-      y[ci * p + i] = Silu ? v / (1.0f + expf(-v)) : v;
+      store(y + ci * p + i, Silu ? v / (1.0f + expf(-v)) : v);
     }
   }
 }
@@ -130,17 +130,28 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d,
   }
 }
 
-void channel_l2_norm(const float* x, const float* gamma, float* y, int64_t c, int64_t p,
-                     float eps, bool silu, cudaStream_t stream) {
+template <typename Out>
+void launch_channel_l2(const float* x, const float* gamma, Out* y, int64_t c, int64_t p, float eps,
+                       bool silu, cudaStream_t stream) {
   if (c <= 0 || p <= 0) return;
   const int threads = 256;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((p + threads - 1) / threads, 1 << 20));
   const float sc = static_cast<float>(std::sqrt(static_cast<double>(c)));
   if (silu)
-    channel_l2_kernel<true><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps);
+    channel_l2_kernel<true, Out><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps);
   else
-    channel_l2_kernel<false><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps);
+    channel_l2_kernel<false, Out><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps);
   MG_CUDA_LAUNCH_CHECK();
+}
+
+void channel_l2_norm(const float* x, const float* gamma, float* y, int64_t c, int64_t p,
+                     float eps, bool silu, cudaStream_t stream) {
+  launch_channel_l2(x, gamma, y, c, p, eps, silu, stream);
+}
+
+void channel_l2_norm_bf16(const float* x, const float* gamma, uint16_t* y, int64_t c, int64_t p,
+                          float eps, bool silu, cudaStream_t stream) {
+  launch_channel_l2(x, gamma, reinterpret_cast<__nv_bfloat16*>(y), c, p, eps, silu, stream);
 }
 
 }  // namespace cuda

@@ -861,6 +861,13 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
             "conv3d_after, bf16 path");
     }
   }
+  // with bf16 convolutions, the norm and SiLU in front of them are written in bf16: the
+  // float32 pass's values, rounded
+  const Tensor xn = randn({24, 2, 10, 12}, 124), gn = randn({24}, 125);
+  const Tensor n32 = b.down(b.gpu->channel_l2_norm_silu(b.up(xn), b.up(gn)));
+  const Tensor n16 = bf16->channel_l2_norm_silu(bf16->upload(xn), bf16->upload(gn));
+  EXPECT_EQ(n16.dtype(), DType::BF16);
+  EXPECT_EQ(rel_error(bf16->download(n16).to(DType::F32), bf16_round(n32)), 0.0);
 }
 
 // Shapes large enough that the conv column buffer and the fp32 attention score block are

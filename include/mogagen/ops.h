@@ -143,7 +143,9 @@ class Ops {
   // Wan VAE RMS_norm over channels of [C, T, H, W]: x / max(||x||_2, eps) * sqrt(C) * gamma[C]
   virtual Tensor channel_l2_norm(const Tensor& x, const Tensor& gamma, float eps = 1e-12f) = 0;
   // silu(channel_l2_norm(x, gamma, eps)): the VAE's norm and activation in front of each
-  // causal conv. The composition is the default; CUDA computes both in one pass.
+  // causal conv (its only use: the result feeds conv3d, conv3d_after and cache_tail). The
+  // composition is the default; CUDA computes both in one pass, and with bf16 convolutions
+  // (MOGAGEN_CONV=bf16) writes the result in bf16, the convolutions' input form.
   virtual Tensor channel_l2_norm_silu(const Tensor& x, const Tensor& gamma, float eps = 1e-12f) {
     return silu(channel_l2_norm(x, gamma, eps));
   }

@@ -736,17 +736,23 @@ class CudaOps final : public Ops {
     return channel_norm(x, gamma, eps, false, "channel_l2_norm");
   }
   Tensor channel_l2_norm_silu(const Tensor& x, const Tensor& gamma, float eps) override {
-    return channel_norm(x, gamma, eps, true, "channel_l2_norm_silu");  // one pass
+    // one pass; with bf16 convolutions (its only consumers) written in bf16, their input form
+    return channel_norm(x, gamma, eps, true, "channel_l2_norm_silu", conv_bf16_ && use_cudnn_ && cudnn_conv_);
   }
-  Tensor channel_norm(const Tensor& x, const Tensor& gamma, float eps, bool silu, const char* op) {
+  Tensor channel_norm(const Tensor& x, const Tensor& gamma, float eps, bool silu, const char* op,
+                      bool bf16_out = false) {
     bind();
     const Tensor xx = in_f32(x, op, "x");
     const Tensor g = in_f32(gamma, op, "gamma");
     const int64_t c = x.ndim() ? x.dim(0) : 0, p = c ? x.numel() / c : 0;
     if (g.numel() != c)
       throw internal_error(std::string(op) + ": gamma " + gamma.str() + " for " + x.str());
-    Tensor y = alloc(x.shape(), DType::F32);
-    cuda::channel_l2_norm(xx.data<float>(), g.data<float>(), y.data<float>(), c, p, eps, silu, stream_);
+    Tensor y = alloc(x.shape(), bf16_out ? DType::BF16 : DType::F32);
+    if (bf16_out)
+      cuda::channel_l2_norm_bf16(xx.data<float>(), g.data<float>(), y.data<uint16_t>(), c, p, eps, silu,
+                                 stream_);
+    else
+      cuda::channel_l2_norm(xx.data<float>(), g.data<float>(), y.data<float>(), c, p, eps, silu, stream_);
     return y;
   }
 
@@ -1088,7 +1094,6 @@ class CudaOps final : public Ops {
   Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor* b, int pad_t_front, int pad_h,
                 int pad_w) override {
     bind();
-    const Tensor xx = in_f32(x, "conv3d", "x");
     expect_dev(w, "conv3d", "w");
     if (x.ndim() != 4 || w.ndim() != 5 || w.dim(1) != x.dim(0))
       throw internal_error("conv3d: x " + x.str() + " w " + w.str());
@@ -1107,7 +1112,8 @@ class CudaOps final : public Ops {
     Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
     const bool bf = w.dtype() == DType::BF16;
     if (!bf && use_cudnn_ && cudnn_conv_ && conv_bf16_ && conv3d_bf16(Tensor(), x, w, b ? &bias : nullptr, s, co, y))
-      return y;
+      return y;  // (x read as it is: float32 or bf16)
+    const Tensor xx = in_f32(x, "conv3d", "x");
     if (!bf && use_cudnn_ && cudnn_conv_) {
       // cuDNN's implicit GEMM reads x in place (im2col writes kt*kh*kw copies of it). Its
       // padding is symmetric, so the causal front frames are zeros put in front of x.
