@@ -15,8 +15,13 @@ Grammar:  a [small|big] <colour> <shape> <motion> on a <background> background
 import argparse
 import math
 import os
+import sys
 
-import torch
+try:
+    import torch
+except ImportError:  # ctest: skipped where Python has no torch
+    print("shapes.py: no torch (apt-get install python3-torch)")
+    sys.exit(77)
 
 COLOURS = {  # object colours (RGB in [0, 1]); hues spread round the wheel
     "red": (0.90, 0.12, 0.10), "orange": (0.98, 0.55, 0.05), "yellow": (0.95, 0.90, 0.10),
@@ -188,7 +193,39 @@ def write_ppm(path, frame):
         f.write(a.numpy().tobytes())
 
 
+def self_test():
+    """latent_mask against the track it was drawn from: a circle moving right, and one moving
+    down. For each latent frame the mask must cover the object's centre in every video frame
+    that latent frame encodes, and reach no further than its radius, its travel over those
+    frames and the one-pixel growth. Exit status 0 when it does (ctest: ShapesLatentMask)."""
+    bad = 0
+    for motion in ("moves right", "moves down"):
+        cid = CAPTIONS.index(("", "red", "circle", motion, "black"))
+        p = sample_params(torch.Generator().manual_seed(3), 1, 49, 128, 160, caption_ids=torch.tensor([cid]))
+        alpha = []
+        render(p, 128, 160, alpha_out=alpha)
+        m = latent_mask(alpha[0])[0, 0]  # [13, 16, 20]
+        for k in range(m.shape[0]):
+            frames = [0] if k == 0 else list(range(4 * k - 3, 4 * k + 1))
+            cx = p["cx"][0, frames] / 8
+            cy = p["cy"][0, frames] / 8
+            r = float(p["r"][0, frames].max()) / 8
+            cols = torch.nonzero(m[k].amax(0)).flatten()
+            rows = torch.nonzero(m[k].amax(1)).flatten()
+            covers = all(bool(m[k, int(y), int(x)] > 0) for x, y in zip(cx.tolist(), cy.tolist()))
+            near = (float(cols.min()) >= float(cx.min()) - r - 2 and float(cols.max()) <= float(cx.max()) + r + 2 and
+                    float(rows.min()) >= float(cy.min()) - r - 2 and float(rows.max()) <= float(cy.max()) + r + 2)
+            if not (covers and near):
+                print(f"{motion}, latent frame {k}: mask columns {cols.tolist()}, rows {rows.tolist()}; "
+                      f"centre x {cx.tolist()}, y {cy.tolist()}, radius {r:.1f}")
+                bad += 1
+    print("latent_mask: " + ("ok" if not bad else f"{bad} latent frames wrong"))
+    return 1 if bad else 0
+
+
 def main():
+    if "--self-test" in sys.argv[1:]:
+        sys.exit(self_test())
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--count", type=int, default=4)
