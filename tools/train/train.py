@@ -265,7 +265,7 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
     # noise and timesteps are drawn on the device (a CPU draw of the noise, copied over,
     # cost as much as the step); losses stay on the device until a log line needs them
     dgen = torch.Generator(device=device).manual_seed(a.seed * 1000 + 17)
-    step, hist, before, probes = 0, [], 0.0, []
+    step, hist, before, probes, low_hist, low_share = 0, [], 0.0, [], [], float("nan")
     if resume:
         model.load_state_dict(resume["model"])
         if text.train:
@@ -357,15 +357,22 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
             torch._foreach_mul_(ema_list, d)
             torch._foreach_add_(ema_list, [cur[k].float() for k in ema_keys] +
                                 [cur_t5[k].float() for k in t5_keys], alpha=1 - d)
-            share = torch.stack([F.one_hot(gid, a.groups).float().mean(dim=1).max() for _, gid in stats])
+            per_video = torch.stack([F.one_hot(gid, a.groups).float().mean(dim=1).amax(dim=1)
+                                     for _, gid in stats]).amax(dim=0)  # [B] over groups and layers
             hist.append(torch.stack([mse.detach(), torch.as_tensor(bal, device=device).detach().float(),
-                                     share.max() * a.groups]))
+                                     per_video.max() * a.groups]))
+            # the same over the clips below s = 0.5, the sampler's second half (-1: none this step)
+            low_hist.append(torch.where(s < 0.5, per_video, torch.full_like(per_video, -1.0)).max() * a.groups)
         step += 1
         if step % 100 == 0:
             hist = hist[:-100] + [h.tolist() if torch.is_tensor(h) else h for h in hist[-100:]]
             m = torch.tensor(hist[-100:]).mean(0).tolist()
+            low = [v for v in torch.stack(low_hist[-100:]).tolist() if v >= 0]
+            low_hist = low_hist[-100:]
+            low_share = sum(low) / len(low) if low else float("nan")
             log(f"dit step {step} ({step / (time.time() - t0):.1f} steps/s): mse {m[0]:.4f} "
-                f"balance {m[1]:.3f} largest group of one video {m[2]:.2f}x fair")
+                f"balance {m[1]:.3f} largest group of one video {m[2]:.2f}x fair "
+                f"({low_share:.2f}x below s = 0.5)")
     hist = [h.tolist() if torch.is_tensor(h) else h for h in hist]
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step,
              "hist": hist, "seconds": time.time() - t0, "gen": gen.get_state(),
@@ -374,6 +381,7 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
     final = torch.tensor(hist[-200:]).mean(0).tolist() if hist else [float("nan")] * 3
     info = {"steps": step, "seconds": round(time.time() - t0, 1), "final_mse": final[0],
             "final_balance_loss": final[1], "final_largest_group_vs_fair": final[2],
+            "final_largest_group_vs_fair_below_s05": low_share,
             "text_encoder": "trained" if text.train else "frozen",
             "text_use_mse_gap": probes[-1][1] if probes else None,
             "text_use_object_mse_gap": probes[-1][2] if probes and len(probes[-1]) > 2 else None,
