@@ -243,7 +243,7 @@ class Gemm {
   // nothing, when cuBLASLt has no algorithm for it: the caller then runs the composition.
   bool run_residual(const GemmArgs& g) {
     if (g.m <= 0 || g.n <= 0 || g.k <= 0) return false;
-    Entry& e = entry(g, Out::F32, true);
+    Entry& e = entry(g, Out::F32);  // run()'s descriptors: beta is not part of them
     if (!e.ok) return false;
     const float one = 1.0f;
     if (g.bias)
@@ -297,9 +297,8 @@ class Gemm {
 
   // What D is: float32 (run, run_residual), bf16, or bf16 after the tanh-GELU (run_bf16).
   enum class Out { F32, Bf16, GeluBf16 };
-  // residual: run_residual's mode (beta 1, C = D)
-  Entry& entry(const GemmArgs& g, Out out, bool residual = false) {
-    const int64_t mode = int64_t(out) + 4 * int64_t(residual) + 8 * int64_t(g.bias_type);
+  Entry& entry(const GemmArgs& g, Out out) {
+    const int64_t mode = int64_t(out) + 4 * int64_t(g.bias_type);
     const Key key{int64_t(g.ta),        int64_t(g.tb),         g.m,
                   g.n,                  g.k,                   g.lda,
                   g.ldb,                g.ldc,                 int64_t(g.ab),
@@ -307,11 +306,11 @@ class Gemm {
                   align_of(g.c),        g.bias ? align_of(g.bias) : 0, int64_t(g.tf32),
                   mode};
     auto it = cache_.find(key);
-    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g, out, residual)).first;
+    if (it == cache_.end()) it = cache_.emplace(key, make_entry(g, out)).first;
     return it->second;
   }
 
-  Entry make_entry(const GemmArgs& g, Out out, bool residual) {
+  Entry make_entry(const GemmArgs& g, Out out) {
     const bool gelu = out == Out::GeluBf16, bf16_d = out != Out::F32;
     Entry e;
     MG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, compute_type(g), CUDA_R_32F));
