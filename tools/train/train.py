@@ -308,8 +308,7 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
             x0 = (mu.float() - mean5) / std5
             # the loss weight: 1, plus --object-weight where the object is (the object is a few
             # percent of the pixels, so an unweighted loss is mostly the background's)
-            obj = shapes.latent_mask(alpha[0])
-            wgt = 1.0 + a.object_weight * obj
+            obj = shapes.latent_mask(alpha[0])  # also the text-use probe's object positions
         ctx = text.ctx(ids)
         B = x0.shape[0]
         u = torch.sigmoid(torch.randn(B, generator=dgen, device=device))
@@ -332,7 +331,11 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
             pred = model(xt, s * 1000, ctx, list(shots), layout=layouts[key], stats=stats)
         err = (pred.float() - (noise - x0)) ** 2
         mse = err.mean()  # the plain flow MSE, reported (comparable across runs)
-        flow = (err * wgt).mean() / wgt.mean() if a.object_weight else mse
+        if a.object_weight:
+            wgt = 1.0 + a.object_weight * obj
+            flow = (err * wgt).mean() / wgt.mean()
+        else:
+            flow = mse
         bal = balance_loss(stats, a.groups)
         loss = flow + a.balance * bal
         opt.zero_grad(set_to_none=True)
