@@ -358,6 +358,12 @@ Tensor WanVaeDecoder::conv(const Tensor& x, const Conv& c, int pad_t_front) {
   return ops_.conv3d(x, c.w, c.b.defined() ? &c.b : nullptr, pad_t_front, c.kh / 2, c.kw / 2);
 }
 
+// The conv over [cached frames, x] (Ops::conv3d_after: cat_time, then conv3d).
+Tensor WanVaeDecoder::conv_after(const Tensor& cached, const Tensor& x, const Conv& c, int pad_t_front) {
+  PartProfile::Scope p(profile_, "conv3d after the cache");
+  return ops_.conv3d_after(cached, x, c.w, c.b.defined() ? &c.b : nullptr, pad_t_front, c.kh / 2, c.kw / 2);
+}
+
 // CausalConv3d with the feature cache (§3.4): the conv sees [cached frames, x], zero-padded
 // in front up to kCacheT frames of context; the slot then keeps the last two input frames
 // (the old slot's last frame in front when x has a single frame).
@@ -367,10 +373,8 @@ Tensor WanVaeDecoder::causal(const Tensor& x, const Conv& c, Cache& cache) {
   const int idx = cache.next();
   Tensor& old = cache.slot[idx];
   Tensor y;
-  if (old.defined()) {  // the conv over [old, x] (Ops::conv3d_after: cat_time, then conv3d)
-    PartProfile::Scope p(profile_, "conv3d after the cache");
-    y = ops_.conv3d_after(old, x, c.w, c.b.defined() ? &c.b : nullptr,
-                          std::max<int>(0, pad_t - int(old.dim(1))), c.kh / 2, c.kw / 2);
+  if (old.defined()) {
+    y = conv_after(old, x, c, std::max<int>(0, pad_t - int(old.dim(1))));
   } else {
     y = conv(x, c, pad_t);
   }
@@ -429,7 +433,7 @@ Tensor WanVaeDecoder::upsample(const Tensor& x_in, const Stage& s, Cache& cache)
       cache.rep[idx] = true;
     } else {
       const int64_t T = x.dim(1);
-      Tensor in, y;
+      Tensor y;
       if (cache.rep[idx]) {
         // the second chunk: zero history in front, not the first chunk's frame
         Tensor keep;
@@ -447,12 +451,7 @@ Tensor WanVaeDecoder::upsample(const Tensor& x_in, const Stage& s, Cache& cache)
         Part p(profile_, "causal cache copies");
         old = ops_.hold_frames(keep);
       } else {
-        {
-          Part p(profile_, "causal cache copies");
-          in = ops_.cat_time(old, x);
-        }
-        y = conv(in, s.time_conv, std::max<int>(0, kCacheT - int(old.dim(1))));
-        in = Tensor();
+        y = conv_after(old, x, s.time_conv, std::max<int>(0, kCacheT - int(old.dim(1))));
         Part p(profile_, "causal cache copies");
         old = ops_.cache_tail(old, x, kCacheT);
       }

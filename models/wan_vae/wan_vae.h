@@ -110,6 +110,8 @@ class WanVaeDecoder {
   ResBlock bind_res(const WeightMap& m, const std::string& prefix);
   Tensor bind_gamma(const WeightMap& m, const std::string& name);
   Tensor conv(const Tensor& x, const Conv& c, int pad_t_front);
+  // conv() over [cached, x] (Ops::conv3d_after), profiled as "conv3d after the cache"
+  Tensor conv_after(const Tensor& cached, const Tensor& x, const Conv& c, int pad_t_front);
   Tensor causal(const Tensor& x, const Conv& c, Cache& cache);
   Tensor norm_silu(const Tensor& x, const Tensor& gamma);  // SiLU(channel RMS norm), profiled
   Tensor resblock(const Tensor& x, const ResBlock& r, Cache& cache);
