@@ -26,6 +26,9 @@
 #           with diffusers' src/ from .peer/diffusers-src.tar.xz): eager and compiled 1.3B
 #           and 14B DiTs, the VAE, umT5-XXL, attention (issue 4's four targets first: umT5,
 #           VAE, compiled 1.3B and 14B); JSON lines in $OUT/peer.json
+# Shorter parts where a lease is short of time: T5_POLICIES (bench; default "exact
+# tf32-except-qk split-qk tf32"), MOGA_DENSE (moga's dense forwards; default "1.3b 14b", the
+# 14B one takes about two minutes), LONG_NO_VAE=1 (long without the minute-long VAE decode).
 # The report goes to stdout and to $OUT/device-check.txt when OUT is set. The exit status
 # is the number of failed steps (0: all passed).
 set -uo pipefail
@@ -112,7 +115,7 @@ if want model; then
   fi
 fi
 if want bench; then
-  for policy in exact tf32-except-qk split-qk tf32; do
+  for policy in ${T5_POLICIES:-exact tf32-except-qk split-qk tf32}; do
     step "bench umT5-XXL, MOGAGEN_T5_MATMUL=$policy" env MOGAGEN_T5_MATMUL=$policy build/mogagen_bench t5 --tokens 512 --profile on
   done
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3 --profile on
@@ -127,13 +130,13 @@ if want moga; then
   for m in 14b 1.3b; do
     step "bench DiT $m MoGA M=5, 187,200 tokens" $B --model $m --attention moga --groups 5 --iters 1 --profile on
   done
-  for m in 1.3b 14b; do
+  for m in ${MOGA_DENSE:-1.3b 14b}; do
     step "bench DiT $m dense, 187,200 tokens" $B --model $m --attention dense --iters 1
   done
 fi
 if want long; then
   # issue 4: a minute of video (361 latent frames -> 1,441 frames) decodes in bounded memory
-  step "bench VAE, 361 latent frames (1,441 frames)" build/mogagen_bench vae --frames 361
+  [ -z "${LONG_NO_VAE:-}" ] && step "bench VAE, 361 latent frames (1,441 frames)" build/mogagen_bench vae --frames 361
   for g in 5 20; do
     step "bench DiT 14b MoGA M=$g, 563,160 tokens" build/mogagen_bench dit --model 14b --frames 361 \
       --height 60 --width 104 --attention moga --groups $g --iters 1 --warmup 0

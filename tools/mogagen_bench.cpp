@@ -116,10 +116,10 @@ void print_profile(Model& m, Run run, const char* what, const char* rest) {
   double parts = 0;
   std::printf("%s profile (one run, %.3f s with the synchronizes):\n", what, total);
   for (const auto& [name, sec] : m.profile()) {
-    std::printf("  %-18s %8.4f s  %5.1f%%\n", name.c_str(), sec, 100.0 * sec / total);
+    std::printf("  %-32s %8.4f s  %5.1f%%\n", name.c_str(), sec, 100.0 * sec / total);
     parts += sec;
   }
-  std::printf("  %-18s %8.4f s  %5.1f%%  %s\n", "everything else", total - parts,
+  std::printf("  %-32s %8.4f s  %5.1f%%  %s\n", "everything else", total - parts,
               100.0 * (total - parts) / total, rest);
   m.set_profiling(false);
 }
@@ -222,7 +222,7 @@ int bench_dit(const Args& a, Ops& ops) {
     // One more forward with every part bracketed by a synchronize: where the step goes,
     // and the share of MoGA's routing and permutation (issue 5).
     print_profile(dit, [&] { dit.forward(x, 400.0, text, {}, mode); }, "dit",
-                  "(GEMMs, norms, modulation, FFN, head)");
+                  "(time embedding, patchify, modulation, head, download)");
   }
   return 0;
 }

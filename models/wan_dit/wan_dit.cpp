@@ -726,18 +726,31 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
       }
       ub = ops_.gemm_input(u);
     } else {
+      Section s(profile_, "norm and modulation");
       ub = ops_.layer_norm_modulate_gemm(xs, mod(0), mod(1), eps);
     }
     // the GEMM products only feed attention (v) and the fused norm (q, k): bf16 on CUDA
-    Tensor v = ops_.compact(ops_.linear_compact(ub, b.sv_w, &b.sv_b).reshape({N, H, hd}));
-    Tensor q = ops_.rms_norm_rope(ops_.linear_compact(ub, b.sq_w, &b.sq_b), b.s_norm_q, eps, H, rcos, rsin);
-    Tensor k = ops_.rms_norm_rope(ops_.linear_compact(ub, b.sk_w, &b.sk_b), b.s_norm_k, eps, H, rcos, rsin);
+    Tensor q, k, v;
+    {
+      Section s(profile_, "q k v projections");
+      v = ops_.compact(ops_.linear_compact(ub, b.sv_w, &b.sv_b).reshape({N, H, hd}));
+      q = ops_.linear_compact(ub, b.sq_w, &b.sq_b);
+      k = ops_.linear_compact(ub, b.sk_w, &b.sk_b);
+    }
+    {
+      Section s(profile_, "q k RMSNorm and RoPE");
+      q = ops_.rms_norm_rope(q, b.s_norm_q, eps, H, rcos, rsin);
+      k = ops_.rms_norm_rope(k, b.s_norm_k, eps, H, rcos, rsin);
+    }
     ub = Tensor();
     Tensor o = mode == AttentionMode::Moga ? self_attention_moga(bi, routing, q, k, v, g, wp)
                                            : self_attention_dense(q, k, v);
     q = k = v = Tensor();
     const Tensor gate1 = mod(2), gate2 = mod(5);
-    ops_.linear_residual_(xs, o.reshape({N, d}), b.so_w, &b.so_b, &gate1);  // xs += gate1 (o W + b)
+    {
+      Section s(profile_, "output projection and residual");
+      ops_.linear_residual_(xs, o.reshape({N, d}), b.so_w, &b.so_b, &gate1);  // xs += gate1 (o W + b)
+    }
     o = Tensor();
 
     // Cross-attention (no modulation, no gate): adds its output projection to xs.
@@ -750,9 +763,18 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
     const int64_t tile = 16384;
     for (int64_t r0 = 0; r0 < N; r0 += tile) {
       Tensor xr = N <= tile ? xs : xs.rows(r0, std::min(N, r0 + tile));
-      // the hidden [tile, ffn_dim] never exists in float32 on CUDA (Ops::linear_gelu)
-      Tensor h = ops_.linear_gelu(ops_.layer_norm_modulate_gemm(xr, mod(3), mod(4), eps),
-                                  b.ffn1_w, &b.ffn1_b);
+      Tensor xn, h;
+      {
+        Section s(profile_, "norm and modulation");
+        xn = ops_.layer_norm_modulate_gemm(xr, mod(3), mod(4), eps);
+      }
+      {
+        // the hidden [tile, ffn_dim] never exists in float32 on CUDA (Ops::linear_gelu)
+        Section s(profile_, "FFN up (GELU)");
+        h = ops_.linear_gelu(xn, b.ffn1_w, &b.ffn1_b);
+      }
+      xn = Tensor();
+      Section s(profile_, "FFN down and residual");
       ops_.linear_residual_(xr, h, b.ffn2_w, &b.ffn2_b, &gate2);  // xr += gate2 (h W + b)
     }
   }

@@ -33,6 +33,17 @@ BACKGROUNDS = {  # darker or greyer than the objects, so that every object stand
     "blue": (0.10, 0.14, 0.45), "green": (0.08, 0.35, 0.12), "red": (0.45, 0.08, 0.07),
 }
 SHAPES = ["circle", "square", "triangle"]
+# Backgrounds brighten towards the top by up to this much (0: flat). A flat background makes
+# every background token of a latent frame identical once the noise is gone, and a token-wise
+# router must then send them all to one group (90% of the tokens: 3.6x a fair share at
+# M = 4). Shading gives the rows distinct values, as texture does in real video, so that the
+# groups can split the background. train.py's --bg-shading sets it (run 11: 0.12).
+BG_SHADING = 0.0
+
+
+def set_background_shading(amount):
+    global BG_SHADING
+    BG_SHADING = float(amount)
 MOTIONS = ["moves left", "moves right", "moves up", "moves down", "turns", "grows", "shrinks"]
 SIZES = ["", "small", "big"]
 
@@ -146,6 +157,9 @@ def render(p, height, width, device="cpu", alpha_out=None):
     bgp = torch.tensor(list(BACKGROUNDS.values()), device=device)
     fg = pal[p["colour"].to(device)][:, :, None, None, None]
     bg = bgp[p["bg"].to(device)][:, :, None, None, None]
+    if BG_SHADING:  # brighter at the top: BG_SHADING at row 0, none at the bottom
+        ramp = BG_SHADING * (1 - ys[0, 0, :, 0] / height)  # [H]
+        bg = (bg + ramp[None, None, None, :, None]).clamp(max=1.0)
     if alpha_out is not None:
         alpha_out.append(alpha)
     return (bg * (1 - alpha) + fg * alpha) * 2 - 1

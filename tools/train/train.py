@@ -388,7 +388,7 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
             "text_encoder": "trained" if text.train else "frozen",
             "text_use_mse_gap": probes[-1][1] if probes else None,
             "text_use_object_mse_gap": probes[-1][2] if probes and len(probes[-1]) > 2 else None,
-            "object_weight": a.object_weight, "uniform_t": a.uniform_t}
+            "object_weight": a.object_weight, "uniform_t": a.uniform_t, "bg_shading": a.bg_shading}
     return model, cfg, info, state
 
 
@@ -695,7 +695,7 @@ Seed {info['seed']}, torch {info['torch']}. Training time: {v['seconds'] + d['se
 
 The VAE on whole 49-frame clips, as the engine decodes them: {", ".join(f"{k} {x} dB" for k, x in v.get("long_clip_psnr_db", {}).items()) or "not measured"}.
 
-Text use at the end: another clip's captions raise the flow MSE by {d.get('text_use_mse_gap') or float('nan'):.4f} ({d.get('text_use_object_mse_gap') or float('nan'):.4f} on the object's latent positions). The flow loss weighted the object's positions {1 + d.get('object_weight', 0.0):g}x (`--object-weight {d.get('object_weight', 0.0):g}`), and {d.get('uniform_t', 0.0):.0%} of the clips had a uniform noise level (`--uniform-t`).
+Text use at the end: another clip's captions raise the flow MSE by {d.get('text_use_mse_gap') or float('nan'):.4f} ({d.get('text_use_object_mse_gap') or float('nan'):.4f} on the object's latent positions). The flow loss weighted the object's positions {1 + d.get('object_weight', 0.0):g}x (`--object-weight {d.get('object_weight', 0.0):g}`), {d.get('uniform_t', 0.0):.0%} of the clips had a uniform noise level (`--uniform-t`), and the backgrounds brightened towards the top by {d.get('bg_shading', 0.0):g} (`--bg-shading`; 0 is flat).
 
 {calibration}
 
@@ -749,6 +749,9 @@ def main():
                          "shifted logit-normal (the low-noise states the sampler's last steps route)")
     ap.add_argument("--calibrate-rounds", type=int, default=12,
                     help="rounds of the export's router bias calibration (0: none; a CPU smoke run)")
+    ap.add_argument("--bg-shading", type=float, default=0.0,
+                    help="backgrounds brighten towards the top by this much (0: flat, as up to run 10); "
+                         "flat backgrounds leave a token-wise router nothing to split them by")
     ap.add_argument("--balance", type=float, default=0.05)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--shift", type=float, default=3.0)
@@ -778,6 +781,7 @@ def main():
     a = ap.parse_args()
     a.width, a.height = (int(v) for v in a.size.split("x"))
     a.dit_preflight = False
+    shapes.set_background_shading(a.bg_shading)
     device = torch.device(a.device)
     torch.manual_seed(a.seed)
     if device.type == "cuda":
