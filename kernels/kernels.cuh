@@ -137,6 +137,9 @@ class Sdpa {
   bool ragged(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const uint16_t* v,
               uint16_t* o, const std::vector<int64_t>& lq, const std::vector<int64_t>& lk,
               int64_t h, int64_t d, float scale);
+  // Plans built so far, and the host seconds spent building them and timing candidates.
+  int64_t plans_built() const;
+  double plan_seconds() const;
 
  private:
   struct Impl;

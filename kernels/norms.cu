@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "kernels/kernels.cuh"
 
@@ -54,6 +55,82 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __re
   }
 }
 
+__device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float a, float b, float c, float d) {
+  __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+  uint2 u;
+  u.x = *reinterpret_cast<uint32_t*>(&lo);
+  u.y = *reinterpret_cast<uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = u;
+}
+
+// The same LayerNorm with the row held in registers: V float4 per thread, blockDim.x =
+// d / (4 V) threads (a multiple of 32). One 16-byte load per element group and one read of
+// the row from memory; the mean and the variance are the same two passes over the held
+// values as layer_norm_kernel's.
+template <int V, typename Out>
+__global__ void layer_norm_vec_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                      const float* __restrict__ b, const float* __restrict__ shift,
+                                      const float* __restrict__ scale, Out* __restrict__ y,
+                                      int64_t d, float eps) {
+  __shared__ float sh[32];
+  const float4* r = reinterpret_cast<const float4*>(x + blockIdx.x * d);
+  Out* out = y + blockIdx.x * d;
+  float4 v[V];
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    v[k] = r[threadIdx.x + k * blockDim.x];
+    s += (v[k].x + v[k].y) + (v[k].z + v[k].w);
+  }
+  const float mean = block_sum(s, sh) / static_cast<float>(d);
+  float q = 0.0f;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const float a = v[k].x - mean, bb = v[k].y - mean, c = v[k].z - mean, e = v[k].w - mean;
+    q += (a * a + bb * bb) + (c * c + e * e);
+  }
+  const float inv = 1.0f / sqrtf(block_sum(q, sh) / static_cast<float>(d) + eps);
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int64_t j4 = threadIdx.x + k * blockDim.x;
+    float o[4] = {(v[k].x - mean) * inv, (v[k].y - mean) * inv, (v[k].z - mean) * inv,
+                  (v[k].w - mean) * inv};
+    if (w) {
+      const float4 t = reinterpret_cast<const float4*>(w)[j4];
+      o[0] *= t.x, o[1] *= t.y, o[2] *= t.z, o[3] *= t.w;
+    }
+    if (b) {
+      const float4 t = reinterpret_cast<const float4*>(b)[j4];
+      o[0] += t.x, o[1] += t.y, o[2] += t.z, o[3] += t.w;
+    }
+    if (scale) {
+      const float4 sc = reinterpret_cast<const float4*>(scale)[j4];
+      const float4 sf = reinterpret_cast<const float4*>(shift)[j4];
+      o[0] = o[0] * (1.0f + sc.x) + sf.x, o[1] = o[1] * (1.0f + sc.y) + sf.y;
+      o[2] = o[2] * (1.0f + sc.z) + sf.z, o[3] = o[3] * (1.0f + sc.w) + sf.w;
+    }
+    store4(out + 4 * j4, o[0], o[1], o[2], o[3]);
+  }
+}
+
+// V for layer_norm_vec_kernel: the fewest float4 per thread that give at most 512 threads,
+// a whole number of warps; 0 when d does not split so (or a pointer is not 16-byte aligned),
+// and layer_norm_kernel runs.
+int layer_norm_vec_width(int64_t d, const void* const* ptrs, int n) {
+  for (int i = 0; i < n; ++i)
+    if (ptrs[i] && reinterpret_cast<uintptr_t>(ptrs[i]) % 16) return 0;
+  if (d % 4) return 0;
+  for (int v = 1; v <= 8; ++v) {
+    if ((d / 4) % v) continue;
+    const int64_t t = d / 4 / v;
+    if (t <= 512 && t % 32 == 0) return v;
+  }
+  return 0;
+}
+
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w,
                                 float* __restrict__ y, int64_t d, float eps) {
   __shared__ float sh[32];
@@ -98,10 +175,26 @@ void launch_layer_norm(const float* x, const float* w, const float* b, const flo
                        const float* scale, Out* y, int64_t rows, int64_t d, float eps,
                        cudaStream_t stream) {
   if (rows <= 0 || d <= 0) return;
+  const void* ptrs[] = {x, w, b, shift, scale, y};
+  const int v = layer_norm_vec_width(d, ptrs, 6);
   for (int64_t r0 = 0; r0 < rows; r0 += 0x7fffffff) {
     const int64_t nr = std::min<int64_t>(rows - r0, 0x7fffffff);
-    layer_norm_kernel<Out><<<static_cast<unsigned>(nr), row_threads(d), 0, stream>>>(
-        x + r0 * d, w, b, shift, scale, y + r0 * d, d, eps);
+    const unsigned g = static_cast<unsigned>(nr);
+    const float* xr = x + r0 * d;
+    Out* yr = y + r0 * d;
+    const int t = v ? static_cast<int>(d / 4 / v) : 0;
+    switch (v) {
+      case 1: layer_norm_vec_kernel<1, Out><<<g, t, 0, stream>>>(xr, w, b, shift, scale, yr, d, eps); break;
+      case 2: layer_norm_vec_kernel<2, Out><<<g, t, 0, stream>>>(xr, w, b, shift, scale, yr, d, eps); break;
+      case 3: layer_norm_vec_kernel<3, Out><<<g, t, 0, stream>>>(xr, w, b, shift, scale, yr, d, eps); break;
+      case 4: layer_norm_vec_kernel<4, Out><<<g, t, 0, stream>>>(xr, w, b, shift, scale, yr, d, eps); break;
+      case 5: layer_norm_vec_kernel<5, Out><<<g, t, 0, stream>>>(xr, w, b, shift, scale, yr, d, eps); break;
+      case 6: layer_norm_vec_kernel<6, Out><<<g, t, 0, stream>>>(xr, w, b, shift, scale, yr, d, eps); break;
+      case 7: layer_norm_vec_kernel<7, Out><<<g, t, 0, stream>>>(xr, w, b, shift, scale, yr, d, eps); break;
+      case 8: layer_norm_vec_kernel<8, Out><<<g, t, 0, stream>>>(xr, w, b, shift, scale, yr, d, eps); break;
+      default:
+        layer_norm_kernel<Out><<<g, row_threads(d), 0, stream>>>(xr, w, b, shift, scale, yr, d, eps);
+    }
     MG_CUDA_LAUNCH_CHECK();
   }
 }

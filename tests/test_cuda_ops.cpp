@@ -803,12 +803,15 @@ TEST(CudaOps, CacheTailIsTheHeldComposition) {
     }
 }
 
-// conv3d with float32 weights (the VAE) runs through cuDNN by default and through im2col +
-// GEMM with MOGAGEN_CONV=im2col. Both are TF32 against the float32 CPU reference; they must
-// not be bit-identical (that would mean cuDNN silently fell back), and a bad value is refused.
+// conv3d with float32 weights (the VAE) runs through cuDNN on bf16 data by default, on
+// float32 data (TF32) with MOGAGEN_CONV=cudnn, and through im2col + GEMM with
+// MOGAGEN_CONV=im2col. The float32 paths are TF32 against the float32 CPU reference and must
+// not be bit-identical (that would mean cuDNN silently fell back); the bf16 path is the
+// float32 convolution of bf16-rounded operands; a bad value is refused.
 TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
   REQUIRE_CUDA();
-  Backends b;
+  ::setenv("MOGAGEN_CONV", "cudnn", 1);
+  Backends b;  // b.gpu: float32 data through cuDNN
   ::setenv("MOGAGEN_CONV", "im2col", 1);
   std::unique_ptr<Ops> im2col = make_cuda_ops(0);
   ::setenv("MOGAGEN_CONV", "bf16", 1);
@@ -816,6 +819,7 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
   ::setenv("MOGAGEN_CONV", "winograd", 1);
   EXPECT_THROW(make_cuda_ops(0), Error);
   ::unsetenv("MOGAGEN_CONV");
+  std::unique_ptr<Ops> by_default = make_cuda_ops(0);  // MOGAGEN_CONV unset: bf16 data
   struct Case {
     int64_t ci, t, h, w, co, kt, kh, kw;
     int pt, ph, pw;
@@ -847,6 +851,10 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
     // the weight's bf16 copy is kept: a second call gives the same values
     const Tensor h2 = bf16->download(bf16->conv3d(bf16->upload(x), hw, &hb, c.pt, c.ph, c.pw));
     EXPECT_EQ(rel_error(h2, h), 0.0);
+    // unset MOGAGEN_CONV is the bf16 path
+    const Tensor dw = by_default->weight(w, true), db = by_default->weight(bias, true);
+    EXPECT_EQ(rel_error(by_default->download(by_default->conv3d(by_default->upload(x), dw, &db, c.pt, c.ph, c.pw)), h), 0.0)
+        << "the default convolution is not the bf16 one";
     // after a cached frame (conv3d_after): one held frame in front of x, one less of padding
     if (c.kt > 1) {
       const Tensor front = randn({c.ci, 1, c.h, c.w}, 123);

@@ -254,13 +254,15 @@ TEST(UMT5, MatmulPolicyFromEnvironment) {
   const char* old = std::getenv("MOGAGEN_T5_MATMUL");
   const std::string saved = old ? old : "";
   unsetenv("MOGAGEN_T5_MATMUL");
-  EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Tf32ExceptQK);
+  EXPECT_EQ(t5_matmul_from_env(), T5Matmul::SplitQK);
   setenv("MOGAGEN_T5_MATMUL", "exact", 1);
   EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Exact);
   setenv("MOGAGEN_T5_MATMUL", "tf32", 1);
   EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Tf32);
   setenv("MOGAGEN_T5_MATMUL", "split-qk", 1);
   EXPECT_EQ(t5_matmul_from_env(), T5Matmul::SplitQK);
+  setenv("MOGAGEN_T5_MATMUL", "tf32-except-qk", 1);
+  EXPECT_EQ(t5_matmul_from_env(), T5Matmul::Tf32ExceptQK);
   setenv("MOGAGEN_T5_MATMUL", "fast", 1);
   try {
     t5_matmul_from_env();

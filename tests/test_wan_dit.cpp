@@ -371,10 +371,20 @@ TEST(WanDitMoga, RoutingStatisticsAndSharedCaption) {
   dit.set_profiling(true);
   const Tensor p = dit.forward(x, 321.5, dit.prepare_context({cap}), shots, AttentionMode::Moga);
   EXPECT_EQ(rel_error(p, e), 0.0);
-  for (const char* part : {"moga routing", "moga permute", "self-attention", "cross-attention"}) {
+  for (const char* part : {"moga routing", "moga permute", "self-attention: groups", "self-attention: windows",
+                           "self-attention: frames", "cross-attention", "q k v projections",
+                           "q k RMSNorm and RoPE", "output projection and residual", "norm and modulation",
+                           "FFN up (GELU)", "FFN down and residual"}) {
     ASSERT_TRUE(dit.profile().count(part)) << part;
     EXPECT_GT(dit.profile().at(part), 0.0) << part;
   }
+  EXPECT_FALSE(dit.profile().count("self-attention")) << "MoGA's attention is profiled per branch";
+  // the dense forward: one self-attention part, no MoGA parts
+  dit.set_profiling(true);
+  dit.forward(x, 321.5, dit.prepare_context({cap}), shots, AttentionMode::Dense);
+  EXPECT_GT(dit.profile().count("self-attention"), 0u);
+  EXPECT_FALSE(dit.profile().count("moga routing"));
+  EXPECT_FALSE(dit.profile().count("self-attention: groups"));
   dit.set_profiling(false);
   EXPECT_TRUE(dit.profile().empty());
 

@@ -26,10 +26,11 @@
 #           with diffusers' src/ from .peer/diffusers-src.tar.xz): eager and compiled 1.3B
 #           and 14B DiTs, the VAE, umT5-XXL, attention (issue 4's four targets first: umT5,
 #           VAE, compiled 1.3B and 14B); JSON lines in $OUT/peer.json
-# Shorter parts where a lease is short of time: T5_POLICIES (bench; default "exact
-# tf32-except-qk split-qk tf32"), MOGA_DENSE (moga's dense forwards; default "1.3b 14b", the
+# Shorter parts where a lease is short of time: T5_POLICIES (bench; default "split-qk
+# tf32-except-qk exact tf32"), MOGA_DENSE (moga's dense forwards; default "1.3b 14b", the
 # 14B one takes about two minutes), LONG_NO_VAE=1 (long without the minute-long VAE decode).
-# The report goes to stdout and to $OUT/device-check.txt when OUT is set. The exit status
+# The report goes to stdout and to $OUT/device-check.txt when OUT is set, each step's whole
+# output to $OUT/logs/. The exit status
 # is the number of failed steps (0: all passed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,7 @@ want() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 report="${OUT:-/tmp}/device-check.txt"
 : >"$report"
 failed=0
+steps=0
 log() { echo "$*" | tee -a "$report"; }
 step() {  # step NAME COMMAND...: runs it, keeps its last lines in the report
   local name="$1"
@@ -52,6 +54,13 @@ step() {  # step NAME COMMAND...: runs it, keeps its last lines in the report
   "$@" >/tmp/device-check-step.log 2>&1
   local rc=$?
   tail -n 40 /tmp/device-check-step.log >>"$report"
+  # the whole output too (the report keeps 40 lines, and a MoGA bench prints a line per
+  # block before its timings): $OUT/logs/<step number>_<name>.log
+  if [ -n "${OUT:-}" ]; then
+    steps=$((steps + 1))
+    mkdir -p "$OUT/logs"
+    cp /tmp/device-check-step.log "$OUT/logs/$(printf %02d $steps)_$(echo "$name" | tr -c 'A-Za-z0-9.=-' _ | cut -c1-80).log"
+  fi
   if [ $rc -eq 0 ]; then
     log "== ok    $name ($((SECONDS - t0)) s)"
   else
@@ -83,14 +92,14 @@ if want checks; then
         step "verify $comp $name --device cuda" build/mogagen verify "$comp" "$set" --device cuda
       fi
     done
-    # the candidate defaults (umT5 split-qk, bf16 VAE convolutions), before they become ones
+    # the other precisions users can choose (the defaults are split-qk and bf16 convolutions)
     if [ -d "$set/t5" ]; then
-      step "verify t5 $name --device cuda, MOGAGEN_T5_MATMUL=split-qk" \
-        env MOGAGEN_T5_MATMUL=split-qk build/mogagen verify t5 "$set" --device cuda
+      step "verify t5 $name --device cuda, MOGAGEN_T5_MATMUL=tf32-except-qk" \
+        env MOGAGEN_T5_MATMUL=tf32-except-qk build/mogagen verify t5 "$set" --device cuda
     fi
     if [ -d "$set/vae" ]; then
-      step "verify vae $name --device cuda, MOGAGEN_CONV=bf16" \
-        env MOGAGEN_CONV=bf16 build/mogagen verify vae "$set" --device cuda
+      step "verify vae $name --device cuda, MOGAGEN_CONV=cudnn (float32 data)" \
+        env MOGAGEN_CONV=cudnn build/mogagen verify vae "$set" --device cuda
     fi
   done
   step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
@@ -115,13 +124,13 @@ if want model; then
   fi
 fi
 if want bench; then
-  for policy in ${T5_POLICIES:-exact tf32-except-qk split-qk tf32}; do
+  for policy in ${T5_POLICIES:-split-qk tf32-except-qk exact tf32}; do
     step "bench umT5-XXL, MOGAGEN_T5_MATMUL=$policy" env MOGAGEN_T5_MATMUL=$policy build/mogagen_bench t5 --tokens 512 --profile on
   done
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3 --profile on
   step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3 --profile on
-  step "bench VAE (conv3d through cuDNN)" build/mogagen_bench vae --profile on
-  step "bench VAE, MOGAGEN_CONV=bf16" env MOGAGEN_CONV=bf16 build/mogagen_bench vae --profile on
+  step "bench VAE (bf16 convolutions, the default)" build/mogagen_bench vae --profile on
+  step "bench VAE, MOGAGEN_CONV=cudnn (float32 data)" env MOGAGEN_CONV=cudnn build/mogagen_bench vae --profile on
   step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
 fi
 B="build/mogagen_bench dit --frames 120 --height 60 --width 104"  # 187,200 tokens

@@ -124,6 +124,18 @@ void print_profile(Model& m, Run run, const char* what, const char* rest) {
   m.set_profiling(false);
 }
 
+// The fused attention's counters between two Ops::attention_stats() readings: plans built
+// (and the host seconds spent building and timing them), fused calls, ragged calls run
+// segment by segment, and calls that fell back to float32. Any plan building or fallback
+// inside a timed run shows here.
+void print_attention_stats(const char* what, const Ops::AttentionStats& a, const Ops::AttentionStats& b) {
+  std::printf("%s attention: %lld plans built (%.2f s), %lld fused calls, %lld segment by segment, "
+              "%lld float32 fallbacks\n",
+              what, (long long)(b.plans - a.plans), b.plan_seconds - a.plan_seconds,
+              (long long)(b.fused_calls - a.fused_calls), (long long)(b.per_segment_calls - a.per_segment_calls),
+              (long long)(b.f32_calls - a.f32_calls));
+}
+
 // Largest group over its fair share N/M: the worst block's and the mean over blocks.
 std::pair<double, double> routing_balance(const std::vector<std::vector<int64_t>>& sizes) {
   double worst = 0, sum = 0;
@@ -192,8 +204,11 @@ int bench_dit(const Args& a, Ops& ops) {
   else if (a.router != "balanced" && a.router != "random")
     throw usage_error("--router: expected balanced or random, got " + a.router);
   const size_t weights_bytes = ops.memory_stats().live;  // weights, text K/V, inputs
+  const Ops::AttentionStats st0 = ops.attention_stats();
   for (int i = 0; i < a.warmup; ++i) dit.forward(x, 999.0, text, {}, mode);  // plans, allocator
   ops.synchronize();
+  const Ops::AttentionStats st1 = ops.attention_stats();
+  print_attention_stats("dit warm-up", st0, st1);
   ops.reset_peak_memory();
   std::vector<double> times;
   for (int i = 0; i < a.iters; ++i) {
@@ -202,6 +217,7 @@ int bench_dit(const Args& a, Ops& ops) {
     ops.synchronize();
     times.push_back(now() - s);
   }
+  print_attention_stats("dit timed runs", st1, ops.attention_stats());
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2];
   // attention FLOPs the last forward executed (MoGA: what the routing left to compute)
@@ -221,8 +237,10 @@ int bench_dit(const Args& a, Ops& ops) {
   if (a.profile) {
     // One more forward with every part bracketed by a synchronize: where the step goes,
     // and the share of MoGA's routing and permutation (issue 5).
+    const Ops::AttentionStats st2 = ops.attention_stats();
     print_profile(dit, [&] { dit.forward(x, 400.0, text, {}, mode); }, "dit",
                   "(time embedding, patchify, modulation, head, download)");
+    print_attention_stats("dit profiled run", st2, ops.attention_stats());
   }
   return 0;
 }
@@ -326,6 +344,13 @@ int bench_attention(const Args& a, Ops& ops) {
                        groups, 12, d, a.iters);
   const auto frames = split(N, 1560);
   bench_attention_case(ops, "MoGA frames or windows, 120 x 1,560", frames, frames, 12, d, a.iters);
+  // the 14B shape (40 heads), and groups as a trained router leaves them (uneven: one
+  // block's sizes from a calibrated 14B forward)
+  bench_attention_case(ops, ("MoGA groups (14B), 187,200 tokens / " + std::to_string(M)).c_str(), groups,
+                       groups, 40, d, a.iters);
+  bench_attention_case(ops, "MoGA frames or windows (14B), 120 x 1,560", frames, frames, 40, d, a.iters);
+  const std::vector<int64_t> uneven{40305, 37464, 35201, 36846, 37384};
+  bench_attention_case(ops, "MoGA groups, uneven (35,201 to 40,305)", uneven, uneven, 12, d, a.iters);
   bench_attention_case(ops, "dense, 187,200 tokens", {N}, {N}, 12, d, 1);
   return 0;
 }

@@ -51,6 +51,18 @@ class Ops {
   };
   virtual MemoryStats memory_stats() { return {}; }
   virtual void reset_peak_memory() {}
+  // How the fused attention has fared since the backend was made (CUDA; zeros elsewhere):
+  // plans built and the seconds spent building them and timing their candidates, calls run
+  // as one fused call, ragged calls run segment by segment as dense fused calls (no ragged
+  // plan for the shape), and calls that fell back to the float32 composition.
+  struct AttentionStats {
+    int64_t plans = 0;
+    double plan_seconds = 0;
+    int64_t fused_calls = 0;
+    int64_t per_segment_calls = 0;
+    int64_t f32_calls = 0;
+  };
+  virtual AttentionStats attention_stats() { return {}; }
 
   // ---- linear algebra ------------------------------------------------------------------
   // y[M,N] = x[M,K] . w[N,K]^T (+ b[N])   (nn.Linear)

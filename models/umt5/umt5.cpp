@@ -83,7 +83,7 @@ int t5_relative_bucket(int64_t rel, int num_buckets, int max_distance) {
 
 T5Matmul t5_matmul_from_env() {
   const char* v = std::getenv("MOGAGEN_T5_MATMUL");
-  if (!v || !*v) return T5Matmul::Tf32ExceptQK;
+  if (!v || !*v) return T5Matmul::SplitQK;
   const std::string s(v);
   if (s == "exact") return T5Matmul::Exact;
   if (s == "tf32-except-qk") return T5Matmul::Tf32ExceptQK;

@@ -558,8 +558,8 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
   Tensor acc;
   // Each branch: gather (permute), attention, scatter back (permute); the gathered copies
   // and the branch output are released before the next branch.
-  auto branch = [&](const Tensor& qi, const Tensor& kvi, const CuSeqlens& cq, const CuSeqlens& ck,
-                    const Tensor* w) {
+  auto branch = [&](const char* part, const Tensor& qi, const Tensor& kvi, const CuSeqlens& cq,
+                    const CuSeqlens& ck, const Tensor* w) {
     Tensor qg, kg, vg, o;
     {
       Section s(profile_, "moga permute");
@@ -568,7 +568,7 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
       vg = heads(ops_.gather_rows(v2, kvi));
     }
     {
-      Section s(profile_, "self-attention");
+      Section s(profile_, part);
       o = ops_.attention_varlen(qg, kg, vg, cq, ck, scale);
     }
     count_attention(cq, ck);
@@ -579,18 +579,18 @@ Tensor WanDit::self_attention_moga(int bi, Ops::GroupRouting& r, const Tensor& q
     else
       acc = ops_.unpermute_rows(o.reshape({N, d}), qi, w);
   };
-  branch(r.order, r.order, cu, cu, &r.weight);
+  branch("self-attention: groups", r.order, r.order, cu, cu, &r.weight);
 
   // Window branch: queries of each window group, keys/values gathered separately (index
   // lists uploaded once per forward).
-  branch(wp.q_dev, wp.kv_dev, wp.cu_q, wp.cu_kv, nullptr);
+  branch("self-attention: windows", wp.q_dev, wp.kv_dev, wp.cu_q, wp.cu_kv, nullptr);
 
   // Frame branch: every latent frame is a contiguous segment already.
   CuSeqlens cu_f;
   for (int64_t f = 0; f <= g.F; ++f) cu_f.push_back(f * g.H * g.W);
   Tensor o_frm;
   {
-    Section s(profile_, "self-attention");
+    Section s(profile_, "self-attention: frames");
     o_frm = ops_.attention_varlen(q, k, v, cu_f, cu_f, scale);
   }
   count_attention(cu_f, cu_f);

@@ -403,16 +403,17 @@ class CudaOps final : public Ops {
     conv_ = std::make_unique<CudnnConv3d>(dev_, stream_);
     const char* no = std::getenv("MOGAGEN_NO_CUDNN");
     use_cudnn_ = !(no && *no && std::strcmp(no, "0") != 0);
-    // MOGAGEN_CONV: cudnn (the default: float32 data, TF32), bf16 (cuDNN with bf16 data and
-    // float accumulation, diffusers' precision) or im2col (im2col + GEMM, to compare)
+    // MOGAGEN_CONV: bf16 (the default: cuDNN with bf16 data and float accumulation, the
+    // precision diffusers' bf16 decode runs at), cudnn (cuDNN on float32 data, TF32) or
+    // im2col (im2col + GEMM, float32, to compare)
     const char* conv = std::getenv("MOGAGEN_CONV");
-    if (conv && *conv && std::strcmp(conv, "cudnn") != 0) {
+    if (conv && *conv && std::strcmp(conv, "bf16") != 0) {
       if (std::strcmp(conv, "im2col") == 0)
         cudnn_conv_ = false;
-      else if (std::strcmp(conv, "bf16") == 0)
-        conv_bf16_ = true;
+      else if (std::strcmp(conv, "cudnn") == 0)
+        conv_bf16_ = false;
       else
-        throw usage_error(std::string("MOGAGEN_CONV: expected cudnn, bf16 or im2col, found '") + conv + "'");
+        throw usage_error(std::string("MOGAGEN_CONV: expected bf16, cudnn or im2col, found '") + conv + "'");
     }
   }
 
@@ -825,11 +826,14 @@ class CudaOps final : public Ops {
       // cuDNN writes bf16: returned as it is (the next GEMM reads bf16; other ops convert)
       Tensor ob = alloc(q.shape(), DType::BF16);
       if (sdpa_->dense(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(), vb.data<uint16_t>(),
-                       ob.data<uint16_t>(), nq, nk, h, d, scale))
+                       ob.data<uint16_t>(), nq, nk, h, d, scale)) {
+        ++att_stats_.fused_calls;
         return ob;
+      }
     }
     Tensor o = alloc(q.shape(), DType::F32);
     if (nq == 0) return o;
+    ++att_stats_.f32_calls;
     if (nk == 0 || h == 0 || d == 0) {
       if (o.nbytes()) MG_CUDA_CHECK(cudaMemsetAsync(o.raw(), 0, o.nbytes(), stream_));
       return o;
@@ -869,15 +873,34 @@ class CudaOps final : public Ops {
                    vb = to_bf16(v, "attention_varlen", "v");
       Tensor ob = alloc(q.shape(), DType::BF16);
       uint16_t* op = ob.data<uint16_t>();
-      const bool done =
-          lq.size() == 1 ? sdpa_->dense(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(),
-                                        vb.data<uint16_t>(), op, lq[0], lk[0], h, d, scale)
-                         : sdpa_->ragged(*mem_, qb.data<uint16_t>(), kb.data<uint16_t>(),
-                                         vb.data<uint16_t>(), op, lq, lk, h, d, scale);
-      if (done) return ob;
+      const uint16_t *qp = qb.data<uint16_t>(), *kp = kb.data<uint16_t>(), *vp = vb.data<uint16_t>();
+      const bool done = lq.size() == 1 ? sdpa_->dense(*mem_, qp, kp, vp, op, lq[0], lk[0], h, d, scale)
+                                       : sdpa_->ragged(*mem_, qp, kp, vp, op, lq, lk, h, d, scale);
+      if (done) {
+        ++att_stats_.fused_calls;
+        return ob;
+      }
+      // No ragged plan for this shape: each segment as a dense fused call (the packed rows
+      // of segment s start at its offset), before the float32 composition.
+      if (lq.size() > 1) {
+        const int64_t row = h * d;
+        bool all = true;
+        int64_t oq = 0, ok = 0;
+        for (size_t s = 0; s < lq.size() && all; ++s) {
+          all = sdpa_->dense(*mem_, qp + oq * row, kp + ok * row, vp + ok * row, op + oq * row, lq[s],
+                             lk[s], h, d, scale);
+          oq += lq[s];
+          ok += lk[s];
+        }
+        if (all) {
+          ++att_stats_.per_segment_calls;
+          return ob;
+        }
+      }
     }
     Tensor o = alloc(q.shape(), DType::F32);
     if (o.numel() == 0) return o;
+    ++att_stats_.f32_calls;
     if (lq.empty() || h == 0 || d == 0) {
       MG_CUDA_CHECK(cudaMemsetAsync(o.raw(), 0, o.nbytes(), stream_));
       return o;
@@ -1000,6 +1023,12 @@ class CudaOps final : public Ops {
 
   MemoryStats memory_stats() override { return mem_->stats(); }
   void reset_peak_memory() override { mem_->reset_peak(); }
+  AttentionStats attention_stats() override {
+    AttentionStats a = att_stats_;
+    a.plans = sdpa_->plans_built();
+    a.plan_seconds = sdpa_->plan_seconds();
+    return a;
+  }
 
   void scatter_add_rows_(Tensor& out, const Tensor& x, const Tensor& idx, const Tensor* w) override {
     bind();
@@ -1632,8 +1661,9 @@ class CudaOps final : public Ops {
   std::unique_ptr<Sdpa> sdpa_;
   std::unique_ptr<CudnnConv3d> conv_;
   bool use_cudnn_ = true;
+  AttentionStats att_stats_;  // plans and plan_seconds come from sdpa_
   bool cudnn_conv_ = true;  // conv3d with float32 weights through cuDNN (MOGAGEN_CONV)
-  bool conv_bf16_ = false;  // ... with bf16 data (MOGAGEN_CONV=bf16)
+  bool conv_bf16_ = true;   // ... with bf16 data (the default; MOGAGEN_CONV=cudnn: float32)
   // conv_weight_bf16's copies: weight storage -> (the weight, held alive; its bf16 copy)
   std::map<const void*, std::pair<Tensor, Tensor>> conv_w16_;
 };
