@@ -118,8 +118,11 @@ class WanDit {
 
   // Seconds per part of the forwards run while profiling is on, summed over the blocks:
   // "moga routing" (router GEMM, argmax/p_win, sort), "moga permute" (index uploads,
-  // gathers into group/window order, scatters back), "self-attention" (the attention
-  // calls), "cross-attention" (the whole sub-block). Each part is bracketed by
+  // gathers into group/window order, scatters back), "self-attention" (the dense attention
+  // call) or "self-attention: groups" / ": windows" / ": frames" (MoGA's three calls),
+  // "cross-attention" (the whole sub-block), and the block's other steps: "norm and
+  // modulation", "q k v projections", "q k RMSNorm and RoPE", "output projection and
+  // residual", "FFN up (GELU)", "FFN down and residual". Each part is bracketed by
   // Ops::synchronize, so profiling slows the forward; turning it on clears the totals.
   void set_profiling(bool on) { profile_.enable(on); }
   const std::map<std::string, double>& profile() const { return profile_.seconds(); }
