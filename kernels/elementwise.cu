@@ -157,12 +157,16 @@ __global__ void scale_rows_bf16_kernel(const __nv_bfloat16* __restrict__ w, cons
        i += int64_t(gridDim.x) * blockDim.x)
     y[i] = __float2bfloat16_rn(g[i / cols] * __bfloat162float(w[i]));
 }
+// y = x + b[channel] (+ r): the widened conv output, its bias, and a residual added after
+// them (the order of add(conv + bias, r), so the sum is the composition's bit for bit).
 __global__ void bf16_to_f32_channel_bias_kernel(const __nv_bfloat16* __restrict__ x,
-                                                const float* __restrict__ b, float* __restrict__ y,
-                                                int64_t n, int64_t p) {
+                                                const float* __restrict__ b, const float* __restrict__ r,
+                                                float* __restrict__ y, int64_t n, int64_t p) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = __bfloat162float(x[i]) + (b ? b[i / p] : 0.0f);
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = __bfloat162float(x[i]) + (b ? b[i / p] : 0.0f);
+    y[i] = r ? v + r[i] : v;
+  }
 }
 __global__ void bf16_to_f32_kernel(const __nv_bfloat16* __restrict__ x, float* __restrict__ y,
                                    int64_t n) {
@@ -258,12 +262,12 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s) {
   MG_CUDA_LAUNCH_CHECK();
 }
 
-void bf16_to_f32_channel_bias(const uint16_t* x, const float* b, float* y, int64_t c, int64_t p,
-                              cudaStream_t s) {
+void bf16_to_f32_channel_bias(const uint16_t* x, const float* b, const float* r, float* y, int64_t c,
+                              int64_t p, cudaStream_t s) {
   const int64_t n = c * p;
   if (n <= 0) return;
   bf16_to_f32_channel_bias_kernel<<<blocks_for(n), kThreads, 0, s>>>(
-      reinterpret_cast<const __nv_bfloat16*>(x), b, y, n, p);
+      reinterpret_cast<const __nv_bfloat16*>(x), b, r, y, n, p);
   MG_CUDA_LAUNCH_CHECK();
 }
 

@@ -70,9 +70,10 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
 // hi = bf16(x), lo = bf16(x - hi) (Ops::split_weight, linear_split)
 void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, cudaStream_t stream);
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream);
-// y[c, p] = float(x[c, p]) + b[c] (b optional): a bf16 convolution's output, widened
-void bf16_to_f32_channel_bias(const uint16_t* x, const float* b, float* y, int64_t c, int64_t p,
-                              cudaStream_t stream);
+// y[c, p] = (float(x[c, p]) + b[c]) + r[c, p] (b and r optional): a bf16 convolution's
+// output, widened, with its bias and a residual
+void bf16_to_f32_channel_bias(const uint16_t* x, const float* b, const float* r, float* y, int64_t c,
+                              int64_t p, cudaStream_t stream);
 // y[r, c] = bf16(gate[r] * w[r, c]) for a bf16 weight [rows, cols] (Ops::linear_residual_'s gate)
 void scale_rows_bf16(const uint16_t* w, const float* gate, uint16_t* y, int64_t rows, int64_t cols,
                      cudaStream_t stream);

@@ -471,11 +471,21 @@ TEST(CudaOps, AttentionVarlen) {
   {  // self-attention within segments, incl. a 1-token and an empty segment -> cuDNN ragged
     CuSeqlens cu{0, 300, 301, 301, 818, 882};
     Tensor q = randn({882, h, d}, 80), k = randn({882, h, d}, 81), v = randn({882, h, d}, 82);
+    const Ops::AttentionStats s0 = b.gpu->attention_stats();
     check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cu, cu, sc)),
           b.cpu->attention_varlen(q, k, v, cu, cu, sc), kBf16Tol, "varlen self (cuDNN ragged)");
-    // same shapes again: plan cache hit
+    const Ops::AttentionStats s1 = b.gpu->attention_stats();
+    EXPECT_EQ(s1.fused_calls - s0.fused_calls, 1) << "one fused ragged call";
+    EXPECT_EQ(s1.f32_calls, s0.f32_calls);
+    EXPECT_EQ(s1.per_segment_calls, s0.per_segment_calls);
+    EXPECT_GE(s1.plans - s0.plans, 1);
+    EXPECT_GT(s1.plan_seconds, s0.plan_seconds);
+    // same shapes again: plan cache hit (no plan built)
     check(b.down(b.gpu->attention_varlen(b.up(v), b.up(q), b.up(k), cu, cu, sc)),
           b.cpu->attention_varlen(v, q, k, cu, cu, sc), kBf16Tol, "varlen self, cached plan");
+    const Ops::AttentionStats s2 = b.gpu->attention_stats();
+    EXPECT_EQ(s2.plans, s1.plans);
+    EXPECT_EQ(s2.fused_calls - s1.fused_calls, 1);
   }
   {  // cross: different q and kv segment lengths
     CuSeqlens cq{0, 100, 150, 400}, ck{0, 30, 107, 120};
@@ -486,8 +496,10 @@ TEST(CudaOps, AttentionVarlen) {
   {  // a segment with queries but no keys -> exact fallback, zero rows
     CuSeqlens cq{0, 10, 25, 40}, ck{0, 12, 12, 30};
     Tensor q = randn({40, h, d}, 86), k = randn({30, h, d}, 87), v = randn({30, h, d}, 88);
+    const Ops::AttentionStats s0 = b.gpu->attention_stats();
     check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cq, ck, sc)),
           b.cpu->attention_varlen(q, k, v, cq, ck, sc), kF32Tol, "varlen one-sided (fp32)");
+    EXPECT_EQ(b.gpu->attention_stats().f32_calls - s0.f32_calls, 1) << "the fallback is counted";
   }
   {  // single segment -> dense plan
     CuSeqlens cu{0, 257};
@@ -867,6 +879,18 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
           bf16->conv3d_after(bf16->hold_frames(bf16->upload(front)), bf16->upload(x), hw, &hb, pt, c.ph, c.pw));
       check(hf, b.cpu->conv3d(bf16_round(cat_ref), bf16_round(w), &bias, pt, c.ph, c.pw), 4e-3,
             "conv3d_after, bf16 path");
+      // with a residual (the VAE residual block's skip): added in the widening pass, equal
+      // to conv3d_after + residual bit for bit, on both paths
+      const Tensor res = randn(hf.shape(), 126);
+      const Tensor hr = bf16->download(bf16->conv3d_after_add(bf16->hold_frames(bf16->upload(front)),
+                                                              bf16->upload(x), hw, &hb, pt, c.ph, c.pw,
+                                                              bf16->upload(res)));
+      EXPECT_EQ(rel_error(hr, b.cpu->add(hf, res)), 0.0) << "conv3d_after_add, bf16 path";
+      const Tensor held = b.gpu->hold_frames(b.up(front));
+      const Tensor fr = b.down(b.gpu->conv3d_after_add(held, b.up(x), aw, &ab, pt, c.ph, c.pw, b.up(res)));
+      EXPECT_EQ(rel_error(fr, b.cpu->add(b.down(b.gpu->conv3d_after(held, b.up(x), aw, &ab, pt, c.ph, c.pw)), res)),
+                0.0)
+          << "conv3d_after_add, float32 path";
     }
   }
   // with bf16 convolutions, the norm and SiLU in front of them are written in bf16: the

@@ -53,8 +53,8 @@ class Ops {
   virtual void reset_peak_memory() {}
   // How the fused attention has fared since the backend was made (CUDA; zeros elsewhere):
   // plans built and the seconds spent building them and timing their candidates, calls run
-  // as one fused call, ragged calls run segment by segment as dense fused calls (no ragged
-  // plan for the shape), and calls that fell back to the float32 composition.
+  // as one fused call, ragged calls run segment by segment as one-segment fused calls (no
+  // ragged plan for the shape), and calls that fell back to the float32 composition.
   struct AttentionStats {
     int64_t plans = 0;
     double plan_seconds = 0;
@@ -275,6 +275,13 @@ class Ops {
   virtual Tensor conv3d_after(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
                               int pad_t_front, int pad_h, int pad_w) {
     return conv3d(cat_time(front, x), w, b, pad_t_front, pad_h, pad_w);
+  }
+  // conv3d_after(...) + residual (float32, of the output's shape): the VAE residual block's
+  // second convolution and its skip connection. CUDA's bf16 convolutions add the residual
+  // in the pass that widens their output, so the sum is not a pass of its own.
+  virtual Tensor conv3d_after_add(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
+                                  int pad_t_front, int pad_h, int pad_w, const Tensor& residual) {
+    return add(conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w), residual);
   }
   // Nearest 2x spatial upsample of [C, T, H, W].
   virtual Tensor upsample2x(const Tensor& x) = 0;

@@ -358,25 +358,34 @@ Tensor WanVaeDecoder::conv(const Tensor& x, const Conv& c, int pad_t_front) {
   return ops_.conv3d(x, c.w, c.b.defined() ? &c.b : nullptr, pad_t_front, c.kh / 2, c.kw / 2);
 }
 
-// The conv over [cached frames, x] (Ops::conv3d_after: cat_time, then conv3d).
-Tensor WanVaeDecoder::conv_after(const Tensor& cached, const Tensor& x, const Conv& c, int pad_t_front) {
+// The conv over [cached frames, x] (Ops::conv3d_after: cat_time, then conv3d), and with a
+// residual added (Ops::conv3d_after_add).
+Tensor WanVaeDecoder::conv_after(const Tensor& cached, const Tensor& x, const Conv& c, int pad_t_front,
+                                 const Tensor* residual) {
   PartProfile::Scope p(profile_, "conv3d after the cache");
-  return ops_.conv3d_after(cached, x, c.w, c.b.defined() ? &c.b : nullptr, pad_t_front, c.kh / 2, c.kw / 2);
+  const Tensor* b = c.b.defined() ? &c.b : nullptr;
+  return residual ? ops_.conv3d_after_add(cached, x, c.w, b, pad_t_front, c.kh / 2, c.kw / 2, *residual)
+                  : ops_.conv3d_after(cached, x, c.w, b, pad_t_front, c.kh / 2, c.kw / 2);
 }
 
 // CausalConv3d with the feature cache (§3.4): the conv sees [cached frames, x], zero-padded
 // in front up to kCacheT frames of context; the slot then keeps the last two input frames
 // (the old slot's last frame in front when x has a single frame).
-Tensor WanVaeDecoder::causal(const Tensor& x, const Conv& c, Cache& cache) {
+Tensor WanVaeDecoder::causal(const Tensor& x, const Conv& c, Cache& cache, const Tensor* residual) {
   const int pad_t = 2 * (c.kt / 2);  // Wan pads 2 * padding_t = kt - 1 frames in front
-  if (pad_t == 0) return conv(x, c, 0);
+  auto plus = [&](Tensor y) {
+    if (!residual) return y;
+    PartProfile::Scope p(profile_, "residual adds");
+    return ops_.add(y, *residual);
+  };
+  if (pad_t == 0) return plus(conv(x, c, 0));
   const int idx = cache.next();
   Tensor& old = cache.slot[idx];
   Tensor y;
-  if (old.defined()) {
-    y = conv_after(old, x, c, std::max<int>(0, pad_t - int(old.dim(1))));
+  if (old.defined()) {  // the residual, if any, is added as the conv's output is written
+    y = conv_after(old, x, c, std::max<int>(0, pad_t - int(old.dim(1))), residual);
   } else {
-    y = conv(x, c, pad_t);
+    y = plus(conv(x, c, pad_t));
   }
   PartProfile::Scope p(profile_, "causal cache copies");
   old = ops_.cache_tail(old, x, kCacheT);  // the last kCacheT frames of [old, x], held
@@ -394,9 +403,7 @@ Tensor WanVaeDecoder::resblock(const Tensor& x, const ResBlock& r, Cache& cache)
   Tensor y = norm_silu(x, r.gamma1);
   y = causal(y, r.conv1, cache);
   y = norm_silu(y, r.gamma2);
-  y = causal(y, r.conv2, cache);
-  PartProfile::Scope p(profile_, "residual adds");
-  return ops_.add(y, h);
+  return causal(y, r.conv2, cache, &h);  // conv2(y) + h
 }
 
 // AttentionBlock: single head, per frame over its h*w positions, head dim C, scale

@@ -111,8 +111,11 @@ class WanVaeDecoder {
   Tensor bind_gamma(const WeightMap& m, const std::string& name);
   Tensor conv(const Tensor& x, const Conv& c, int pad_t_front);
   // conv() over [cached, x] (Ops::conv3d_after), profiled as "conv3d after the cache"
-  Tensor conv_after(const Tensor& cached, const Tensor& x, const Conv& c, int pad_t_front);
-  Tensor causal(const Tensor& x, const Conv& c, Cache& cache);
+  Tensor conv_after(const Tensor& cached, const Tensor& x, const Conv& c, int pad_t_front,
+                    const Tensor* residual = nullptr);
+  // The causal conv of x with its cache; plus `residual` when given (a residual block's
+  // second conv and its skip connection, one pass on CUDA's bf16 convolutions).
+  Tensor causal(const Tensor& x, const Conv& c, Cache& cache, const Tensor* residual = nullptr);
   Tensor norm_silu(const Tensor& x, const Tensor& gamma);  // SiLU(channel RMS norm), profiled
   Tensor resblock(const Tensor& x, const ResBlock& r, Cache& cache);
   Tensor attention(const Tensor& x, const Attn& a);

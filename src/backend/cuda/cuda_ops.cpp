@@ -880,15 +880,17 @@ class CudaOps final : public Ops {
         ++att_stats_.fused_calls;
         return ob;
       }
-      // No ragged plan for this shape: each segment as a dense fused call (the packed rows
-      // of segment s start at its offset), before the float32 composition.
+      // No ragged plan for this shape: each segment as a fused call of its own (the packed
+      // rows of segment s start at its offset), before the float32 composition. A one-segment
+      // ragged call, not a dense one: its plan is keyed by the bucketed length, so segments
+      // of many lengths (MoGA's groups) share a few plans instead of building one each.
       if (lq.size() > 1) {
         const int64_t row = h * d;
         bool all = true;
         int64_t oq = 0, ok = 0;
         for (size_t s = 0; s < lq.size() && all; ++s) {
-          all = sdpa_->dense(*mem_, qp + oq * row, kp + ok * row, vp + ok * row, op + oq * row, lq[s],
-                             lk[s], h, d, scale);
+          all = sdpa_->ragged(*mem_, qp + oq * row, kp + ok * row, vp + ok * row, op + oq * row, {lq[s]},
+                              {lk[s]}, h, d, scale);
           oq += lq[s];
           ok += lk[s];
         }
@@ -1213,6 +1215,29 @@ class CudaOps final : public Ops {
     return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
   }
 
+  Tensor conv3d_after_add(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
+                          int pad_t_front, int pad_h, int pad_w, const Tensor& residual) override {
+    bind();
+    if (!(conv_bf16_ && use_cudnn_ && cudnn_conv_) || !front.defined() || w.dtype() != DType::F32 ||
+        front.ndim() != 4 || x.ndim() != 4 || w.ndim() != 5 || front.dim(0) != x.dim(0) ||
+        front.dim(2) != x.dim(2) || front.dim(3) != x.dim(3) || w.dim(1) != x.dim(0) ||
+        residual.dtype() != DType::F32 || residual.device().is_cpu())
+      return Ops::conv3d_after_add(front, x, w, b, pad_t_front, pad_h, pad_w, residual);
+    expect_dev(w, "conv3d_after_add", "w");
+    const Conv3dShape s = conv_shape(x, front.dim(1) + x.dim(1), w, pad_t_front, pad_h, pad_w);
+    const int64_t co = w.dim(0);
+    if (s.to <= 0 || s.ho <= 0 || s.wo <= 0 || residual.shape() != Shape{co, s.to, s.ho, s.wo})
+      return Ops::conv3d_after_add(front, x, w, b, pad_t_front, pad_h, pad_w, residual);
+    Tensor bias;
+    if (b) {
+      bias = in_f32(*b, "conv3d_after_add", "b");
+      if (bias.numel() != co) throw internal_error("conv3d_after_add: bias " + b->str() + " for " + w.str());
+    }
+    Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
+    if (conv3d_bf16(front, x, w, b ? &bias : nullptr, s, co, y, &residual)) return y;
+    return Ops::conv3d_after_add(front, x, w, b, pad_t_front, pad_h, pad_w, residual);
+  }
+
   // The convolution of an input of x's channels and frame size and t frames with w.
   static Conv3dShape conv_shape(const Tensor& x, int64_t t, const Tensor& w, int pad_t_front, int pad_h,
                                 int pad_w) {
@@ -1240,7 +1265,7 @@ class CudaOps final : public Ops {
   // (s.t = front's frames + x's). False, having written nothing to y, where cuDNN has no
   // algorithm.
   bool conv3d_bf16(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* bias,
-                   const Conv3dShape& s, int64_t co, Tensor& y) {
+                   const Conv3dShape& s, int64_t co, Tensor& y, const Tensor* residual = nullptr) {
     const int64_t f = s.h * s.w, t = s.t + s.pad_t;
     Tensor xin = alloc({s.ci, t, s.h, s.w}, DType::BF16);
     uint16_t* xp = xin.data<uint16_t>();
@@ -1262,7 +1287,8 @@ class CudaOps final : public Ops {
     if (!conv_->forward_bf16(*mem_, xp, conv_weight_bf16(w).data<uint16_t>(), y16.data<uint16_t>(), cs, co))
       return false;
     cuda::bf16_to_f32_channel_bias(y16.data<uint16_t>(), bias ? bias->data<float>() : nullptr,
-                                   y.data<float>(), co, s.to * s.ho * s.wo, stream_);
+                                   residual ? residual->data<float>() : nullptr, y.data<float>(), co,
+                                   s.to * s.ho * s.wo, stream_);
     return true;
   }
   // The bf16 copy of a float32 conv weight, made once: keyed by the weight's storage, which
