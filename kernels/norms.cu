@@ -163,6 +163,45 @@ __global__ void channel_l2_kernel(const float* __restrict__ x, const float* __re
   }
 }
 
+// The same norm with each position's channels read once: a block of 32 x 8 threads takes 32
+// consecutive positions (coalesced), its 8 rows of threads hold every 8th channel each (PER
+// registers, PER >= c / 8), the sums of squares meet in shared memory, and the held values
+// are scaled and written. channel_l2_kernel reads x twice (the second time mostly from
+// memory: a wave of positions' channels is larger than the L2).
+template <int PER, bool Silu, typename Out>
+__global__ void channel_l2_held_kernel(const float* __restrict__ x, const float* __restrict__ g,
+                                       Out* __restrict__ y, int64_t c, int64_t p, float sc, float eps) {
+  __shared__ float part[8][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int64_t base = blockIdx.x * int64_t(32); base < p; base += int64_t(gridDim.x) * 32) {
+    const int64_t i = base + tx;
+    const bool in = i < p;
+    float v[PER];
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < PER; ++k) {
+      const int64_t ci = ty + 8 * int64_t(k);
+      v[k] = (in && ci < c) ? x[ci * p + i] : 0.0f;
+      ss += v[k] * v[k];
+    }
+    part[ty][tx] = ss;
+    __syncthreads();
+    float tot = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) tot += part[r][tx];
+    __syncthreads();  // part is written again by the next positions
+    const float f = sc / fmaxf(sqrtf(tot), eps);
+#pragma unroll
+    for (int k = 0; k < PER; ++k) {
+      const int64_t ci = ty + 8 * int64_t(k);
+      if (in && ci < c) {
+        const float o = (v[k] * f) * g[ci];
+        store(y + ci * p + i, Silu ? o / (1.0f + expf(-o)) : o);
+      }
+    }
+  }
+}
+
 int row_threads(int64_t d) {
   const int64_t t = std::min<int64_t>(512, ((d + 31) / 32) * 32);
   return static_cast<int>(std::max<int64_t>(32, t));
@@ -227,9 +266,32 @@ template <typename Out>
 void launch_channel_l2(const float* x, const float* gamma, Out* y, int64_t c, int64_t p, float eps,
                        bool silu, cudaStream_t stream) {
   if (c <= 0 || p <= 0) return;
+  const float sc = static_cast<float>(std::sqrt(static_cast<double>(c)));
+  if (c <= 8 * 48) {  // held in registers: PER = the smallest of 2, 4, 8, 12, 16, 24, 32, 48 >= c / 8
+    const dim3 threads(32, 8);
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((p + 31) / 32, 1 << 20));
+    const int64_t need = (c + 7) / 8;
+#define MG_CHANNEL_L2_HELD(PER)                                                                     \
+  if (need <= PER) {                                                                                \
+    if (silu)                                                                                       \
+      channel_l2_held_kernel<PER, true, Out><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps);  \
+    else                                                                                            \
+      channel_l2_held_kernel<PER, false, Out><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps); \
+    MG_CUDA_LAUNCH_CHECK();                                                                         \
+    return;                                                                                         \
+  }
+    MG_CHANNEL_L2_HELD(2)
+    MG_CHANNEL_L2_HELD(4)
+    MG_CHANNEL_L2_HELD(8)
+    MG_CHANNEL_L2_HELD(12)
+    MG_CHANNEL_L2_HELD(16)
+    MG_CHANNEL_L2_HELD(24)
+    MG_CHANNEL_L2_HELD(32)
+    MG_CHANNEL_L2_HELD(48)
+#undef MG_CHANNEL_L2_HELD
+  }
   const int threads = 256;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((p + threads - 1) / threads, 1 << 20));
-  const float sc = static_cast<float>(std::sqrt(static_cast<double>(c)));
   if (silu)
     channel_l2_kernel<true, Out><<<blocks, threads, 0, stream>>>(x, gamma, y, c, p, sc, eps);
   else

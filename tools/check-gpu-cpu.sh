@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Renders the same job with the same seed on the CPU and on the GPU with a tiny random model
 # (dense, then MoGA) and prints the PSNR between the two decoded videos (raw RGB frames, so
-# no FFmpeg is needed). Usage: tools/check-gpu-cpu.sh [BUILD_DIR]
+# no FFmpeg is needed); fails below 30 dB (issue 4's bar). Usage: tools/check-gpu-cpu.sh [BUILD_DIR]
 set -euo pipefail
 B="${1:-build}"
 T="$(mktemp -d)"
@@ -19,5 +19,7 @@ assert len(a) == len(b) and len(a) > 0, (len(a), len(b))
 mse = sum((x - y) ** 2 for x, y in zip(a, b)) / len(a)
 psnr = 99.0 if mse == 0 else 10 * math.log10(255 * 255 / mse)
 print(f"{sys.argv[3]}: {len(a) // (128 * 96 * 3)} frames, CPU vs GPU PSNR {psnr:.2f} dB")
+if psnr < 30.0:
+    sys.exit(f"{sys.argv[3]}: CPU and GPU renders differ: {psnr:.2f} dB, below 30 dB")
 PY
 done
