@@ -191,7 +191,10 @@ class CudnnConv3d {
 
 // ---- video.cu ---------------------------------------------------------------------------------
 // [c, t, h, w] -> [c, t, 2h, 2w], nearest.
-void upsample2x(const float* x, float* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream);
+// Nearest 2x spatial upsample of [ct, h, w] by input rows (no divisions), float32 or bf16
+// out (a bf16 convolution's input).
+void upsample2x_rows(const float* x, float* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream);
+void upsample2x_rows_bf16(const float* x, uint16_t* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream);
 // [r, c] -> [c, r]
 void transpose2d(const float* x, float* y, int64_t r, int64_t c, cudaStream_t stream);
 // y[i, :] = x[idx[i], :]  (idx on the device)

@@ -12,14 +12,23 @@ namespace mg {
 namespace cuda {
 namespace {
 
-__global__ void upsample2x_kernel(const float* __restrict__ x, float* __restrict__ y,
-                                  int64_t total, int64_t h, int64_t w) {
-  const int64_t w2 = 2 * w, h2 = 2 * h;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t ox = i % w2, rest = i / w2, oy = rest % h2, p = rest / h2;
-    y[i] = x[(p * h + oy / 2) * w + ox / 2];
-  }
+__device__ __forceinline__ void store2(float* p, float v) { *reinterpret_cast<float2*>(p) = make_float2(v, v); }
+__device__ __forceinline__ void store2(__nv_bfloat16* p, float v) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __float2bfloat162_rn(v);
+}
+
+// Nearest 2x spatial upsample by input rows: row r of x ([ct * h, w]) becomes output rows 2r and 2r + 1
+// of y ([ct * 2h, 2w]), each value written twice per row as one pair. No divisions.
+template <typename Out>
+__global__ void upsample2x_rows_kernel(const float* __restrict__ x, Out* __restrict__ y, int64_t rows,
+                                       int64_t w) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+    for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < w; c += int64_t(gridDim.x) * blockDim.x) {
+      const float v = x[r * w + c];
+      Out* o = y + 2 * r * (2 * w) + 2 * c;
+      store2(o, v);
+      store2(o + 2 * w, v);
+    }
 }
 
 constexpr int kTile = 32;
@@ -127,12 +136,23 @@ __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restr
 
 }  // namespace
 
-void upsample2x(const float* x, float* y, int64_t ct, int64_t h, int64_t w,
-                cudaStream_t stream) {
-  const int64_t total = ct * 4 * h * w;
-  if (total <= 0) return;
-  upsample2x_kernel<<<grid_for(total, 256), 256, 0, stream>>>(x, y, total, h, w);
+template <typename Out>
+static void launch_upsample2x_rows(const float* x, Out* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream) {
+  const int64_t rows = ct * h;
+  if (rows <= 0 || w <= 0) return;
+  const int threads = static_cast<int>(std::min<int64_t>(256, (w + 31) / 32 * 32));
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((w + threads - 1) / threads, 65535)),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  upsample2x_rows_kernel<Out><<<grid, threads, 0, stream>>>(x, y, rows, w);
   MG_CUDA_LAUNCH_CHECK();
+}
+
+void upsample2x_rows(const float* x, float* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream) {
+  launch_upsample2x_rows(x, y, ct, h, w, stream);
+}
+
+void upsample2x_rows_bf16(const float* x, uint16_t* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream) {
+  launch_upsample2x_rows(x, reinterpret_cast<__nv_bfloat16*>(y), ct, h, w, stream);
 }
 
 void transpose2d(const float* x, float* y, int64_t r, int64_t c, cudaStream_t stream) {

@@ -946,6 +946,25 @@ TEST(CudaOps, VideoAndCopies) {
   Tensor x = randn({6, 4, 5, 3}, 120), y = randn({6, 2, 5, 3}, 121);
   Tensor dx = b.up(x), dy = b.up(y);
   check(b.down(b.gpu->upsample2x(dx)), b.cpu->upsample2x(x), 0.0, "upsample2x");
+  // for a convolution: float32 with float32 convolutions (b.gpu), bf16 with the default ones
+  const Tensor uf = b.gpu->upsample2x_for_conv(dx);
+  EXPECT_EQ(uf.dtype(), DType::F32);
+  check(b.down(uf), b.cpu->upsample2x(x), 0.0, "upsample2x_for_conv, float32 convolutions");
+  {
+    const char* old = std::getenv("MOGAGEN_CONV");
+    const std::string saved = old ? old : "";
+    ::unsetenv("MOGAGEN_CONV");
+    std::unique_ptr<Ops> d = make_cuda_ops(0);
+    if (old) ::setenv("MOGAGEN_CONV", saved.c_str(), 1);
+    const Tensor ub = d->upsample2x_for_conv(d->upload(x));
+    EXPECT_EQ(ub.dtype(), DType::BF16);
+    check(d->download(ub).to(DType::F32), bf16_round(b.cpu->upsample2x(x)), 0.0, "upsample2x_for_conv, bf16");
+    // a wide row (more than one block of threads across it)
+    const Tensor xw = randn({2, 1, 3, 300}, 127);
+    check(d->download(d->upsample2x_for_conv(d->upload(xw))).to(DType::F32), bf16_round(b.cpu->upsample2x(xw)),
+          0.0, "upsample2x_for_conv, 300 wide");
+    check(b.down(b.gpu->upsample2x(b.up(xw))), b.cpu->upsample2x(xw), 0.0, "upsample2x, 300 wide");
+  }
   check(b.down(b.gpu->cat_time(dx, dy)), b.cpu->cat_time(x, y), 0.0, "cat_time");
   check(b.down(b.gpu->slice_time(dx, 1, 3)), b.cpu->slice_time(x, 1, 3), 0.0, "slice_time");
   check(b.down(b.gpu->slice_time(dx, 2, 2)), b.cpu->slice_time(x, 2, 2), 0.0, "slice_time empty");

@@ -285,6 +285,9 @@ class Ops {
   }
   // Nearest 2x spatial upsample of [C, T, H, W].
   virtual Tensor upsample2x(const Tensor& x) = 0;
+  // upsample2x for a conv3d that reads it next (the VAE's resample): the same values, in the
+  // form the backend's convolution reads (CUDA with bf16 convolutions: bf16, written once).
+  virtual Tensor upsample2x_for_conv(const Tensor& x) { return upsample2x(x); }
   // Concatenate along dim 1 (time) of [C, T, H, W] tensors; slice frames [t0, t1).
   virtual Tensor cat_time(const Tensor& a, const Tensor& b) = 0;
   virtual Tensor slice_time(const Tensor& x, int64_t t0, int64_t t1) = 0;

@@ -469,7 +469,7 @@ Tensor WanVaeDecoder::upsample(const Tensor& x_in, const Stage& s, Cache& cache)
   Tensor up;
   {
     Part p(profile_, "upsample");
-    up = ops_.upsample2x(x);
+    up = ops_.upsample2x_for_conv(x);  // its only reader is the spatial conv
   }
   x = Tensor();
   return conv(up, s.spatial, 0);
