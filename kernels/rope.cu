@@ -33,6 +33,17 @@ __device__ __forceinline__ float2 pair(const __nv_bfloat162* r, int64_t p) {
   return __bfloat1622float2(r[p]);
 }
 
+// The block's sum of s, for every thread (one use per kernel: sh is not reused).
+__device__ __forceinline__ float row_sum(float s, float* sh) {
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  if (lane == 0) sh[warp] = s;
+  __syncthreads();
+  s = lane < nw ? sh[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+
 // Pair: float2 (a float32 row) or __nv_bfloat162 (a bf16 row from linear_compact).
 // Rotate false: the RMSNorm alone (the cross-attention's q; cs and sn unused).
 template <typename Pair, bool Rotate>
@@ -49,14 +60,7 @@ __global__ void rms_norm_rope_kernel(const Pair* __restrict__ x, const float* __
     const float2 v = pair(r, p);
     s += v.x * v.x + v.y * v.y;
   }
-  // block sum (every thread gets it)
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  if (lane == 0) sh[warp] = s;
-  __syncthreads();
-  s = lane < nw ? sh[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  const float inv = 1.0f / sqrtf(s / static_cast<float>(d) + eps);
+  const float inv = 1.0f / sqrtf(row_sum(s, sh) / static_cast<float>(d) + eps);
   const float* c = Rotate ? cs + n * half : nullptr;
   const float* sv = Rotate ? sn + n * half : nullptr;
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
@@ -107,13 +111,7 @@ __global__ void rms_norm_rope_vec_kernel(const Pair* __restrict__ x, const float
 #pragma unroll
     for (int i = 0; i < 8; i += 2) s += f[k][i] * f[k][i] + f[k][i + 1] * f[k][i + 1];
   }
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  if (lane == 0) sh[warp] = s;
-  __syncthreads();
-  s = lane < nw ? sh[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  const float inv = 1.0f / sqrtf(s / static_cast<float>(d) + eps);
+  const float inv = 1.0f / sqrtf(row_sum(s, sh) / static_cast<float>(d) + eps);
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     const int64_t g = threadIdx.x + k * blockDim.x;  // group of pairs 4g .. 4g + 3

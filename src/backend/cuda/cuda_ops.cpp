@@ -1300,24 +1300,21 @@ class CudaOps final : public Ops {
     return it->second.second;
   }
 
-  Tensor upsample2x(const Tensor& x) override {
-    bind();
-    const Tensor xx = in_f32(x, "upsample2x", "x");
-    if (x.ndim() != 4) throw internal_error("upsample2x: expected [C, T, H, W], got " + x.str());
-    const int64_t c = x.dim(0), t = x.dim(1), h = x.dim(2), w = x.dim(3);
-    Tensor y = alloc({c, t, 2 * h, 2 * w}, DType::F32);
-    cuda::upsample2x_rows(xx.data<float>(), y.data<float>(), c * t, h, w, stream_);
-    return y;
-  }
-
+  Tensor upsample2x(const Tensor& x) override { return upsample(x, false, "upsample2x"); }
+  // bf16 where the convolution that reads it runs on bf16 data
   Tensor upsample2x_for_conv(const Tensor& x) override {
-    if (!(conv_bf16_ && use_cudnn_ && cudnn_conv_)) return upsample2x(x);
+    return upsample(x, conv_bf16_ && use_cudnn_ && cudnn_conv_, "upsample2x_for_conv");
+  }
+  Tensor upsample(const Tensor& x, bool bf16, const char* op) {
     bind();
-    const Tensor xx = in_f32(x, "upsample2x_for_conv", "x");
-    if (x.ndim() != 4) throw internal_error("upsample2x_for_conv: expected [C, T, H, W], got " + x.str());
+    const Tensor xx = in_f32(x, op, "x");
+    if (x.ndim() != 4) throw internal_error(std::string(op) + ": expected [C, T, H, W], got " + x.str());
     const int64_t c = x.dim(0), t = x.dim(1), h = x.dim(2), w = x.dim(3);
-    Tensor y = alloc({c, t, 2 * h, 2 * w}, DType::BF16);
-    cuda::upsample2x_rows_bf16(xx.data<float>(), y.data<uint16_t>(), c * t, h, w, stream_);
+    Tensor y = alloc({c, t, 2 * h, 2 * w}, bf16 ? DType::BF16 : DType::F32);
+    if (bf16)
+      cuda::upsample2x_rows_bf16(xx.data<float>(), y.data<uint16_t>(), c * t, h, w, stream_);
+    else
+      cuda::upsample2x_rows(xx.data<float>(), y.data<float>(), c * t, h, w, stream_);
     return y;
   }
 
