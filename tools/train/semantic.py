@@ -137,10 +137,15 @@ def evaluate(render, seeds, log=print):
 def self_test():
     """The analysis on drawn clips (shapes.render): a cyan square moving left, a red circle
     moving down and a white square moving right must be named and measured as drawn, and
-    judged wrong against the opposite motion or another colour. Exit status 0 when so."""
+    judged wrong against the opposite motion or another colour; on flat backgrounds and on
+    run 11's background ramp (which must stay under the object threshold). Exit status 0
+    when so."""
     bad = 0
-    for colour, motion, want in (("cyan", "moves left", (-1, 0)), ("red", "moves down", (0, 1)),
-                                 ("white", "moves right", (1, 0))):
+    cases = [(colour, motion, want, shade) for shade in (0.0, 0.12)  # flat, and run 11's ramp
+             for colour, motion, want in (("cyan", "moves left", (-1, 0)), ("red", "moves down", (0, 1)),
+                                          ("white", "moves right", (1, 0)))]
+    for colour, motion, want, shade in cases:
+        shapes.set_background_shading(shade)
         cid = shapes.CAPTIONS.index(("", colour, "square" if colour != "red" else "circle", motion,
                                      "black" if colour != "white" else "blue"))
         gen = torch.Generator().manual_seed(3)
@@ -152,8 +157,10 @@ def self_test():
         rev = judge(video, colour, -want[0], -want[1])
         other = judge(video, "blue" if colour != "blue" else "purple", *want)
         ok = ok and not rev["motion_ok"] and not other["colour_ok"]
-        print(f"{colour} {motion}: {v['colour']}, motion {v['motion']} {'ok' if ok else 'WRONG'}")
+        print(f"{colour} {motion} (background ramp {shade:g}): {v['colour']}, motion {v['motion']} "
+              f"{'ok' if ok else 'WRONG'}")
         bad += not ok
+    shapes.set_background_shading(0.0)
     return 1 if bad else 0
 
 
