@@ -183,6 +183,10 @@ class CudnnConv3d {
   // The same with bf16 x, w and y (float accumulation; MOGAGEN_CONV=bf16).
   bool forward_bf16(DeviceMemory& mem, const uint16_t* x, const uint16_t* w, uint16_t* y,
                     const Conv3dShape& s, int64_t co);
+  // bf16 and channels last (NDHWC; MOGAGEN_CONV=bf16-ndhwc): x [t, h, w, ci], w [co, kt, kh,
+  // kw, ci], y [to, ho, wo, co].
+  bool forward_bf16_ndhwc(DeviceMemory& mem, const uint16_t* x, const uint16_t* w, uint16_t* y,
+                          const Conv3dShape& s, int64_t co);
 
  private:
   struct Impl;
@@ -190,7 +194,16 @@ class CudnnConv3d {
 };
 
 // ---- video.cu ---------------------------------------------------------------------------------
-// [c, t, h, w] -> [c, t, 2h, 2w], nearest.
+// Channels last, for cuDNN's NDHWC convolutions: frames [f0, f0 + nf) of src [c, src_t, hw]
+// (float32 or bf16) -> dst [nf, hw, c] bf16; a channels-last bf16 output y16 [p, co] -> y
+// [co, p] float32 plus b[co] and r[co, p] (both optional; (value + b) + r); a conv weight
+// [co, ci, k] float32 -> [co, k, ci] bf16.
+void to_channels_last_bf16(const void* src, bool src_bf16, int64_t c, int64_t src_t, int64_t f0, int64_t nf,
+                           int64_t hw, uint16_t* dst, cudaStream_t stream);
+void from_channels_last_f32(const uint16_t* y16, const float* b, const float* r, float* y, int64_t co,
+                            int64_t p, cudaStream_t stream);
+void weight_channels_last_bf16(const float* w, uint16_t* y, int64_t co, int64_t ci, int64_t k,
+                               cudaStream_t stream);
 // Nearest 2x spatial upsample of [ct, h, w] by input rows (no divisions), float32 or bf16
 // out (a bf16 convolution's input).
 void upsample2x_rows(const float* x, float* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream);

@@ -31,6 +31,63 @@ __global__ void upsample2x_rows_kernel(const float* __restrict__ x, Out* __restr
     }
 }
 
+__device__ __forceinline__ float as_float(float v) { return v; }
+__device__ __forceinline__ float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Frames [f0, f0 + gridDim.z) of src [c, src_t, hw] (float or bf16) -> dst [gridDim.z, hw, c]
+// bf16 (channels last), one 32 x 32 tile of (channels, positions) per block through shared
+// memory: coalesced reads along positions, coalesced writes along channels.
+template <typename In>
+__global__ void to_channels_last_kernel(const In* __restrict__ src, __nv_bfloat16* __restrict__ dst,
+                                        int64_t c, int64_t src_t, int64_t f0, int64_t hw) {
+  __shared__ float tile[32][33];
+  const int64_t f = blockIdx.z, p0 = blockIdx.x * int64_t(32), c0 = blockIdx.y * int64_t(32);
+  const In* s = src + (f0 + f) * hw;
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t ch = c0 + i, p = p0 + threadIdx.x;
+    tile[i][threadIdx.x] = (ch < c && p < hw) ? as_float(s[ch * src_t * hw + p]) : 0.0f;
+  }
+  __syncthreads();
+  __nv_bfloat16* d = dst + f * hw * c;
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t p = p0 + i, ch = c0 + threadIdx.x;
+    if (p < hw && ch < c) d[p * c + ch] = __float2bfloat16_rn(tile[threadIdx.x][i]);
+  }
+}
+
+// y16 [P, co] (a channels-last bf16 convolution output) -> y [co, P] float32: (value + b[ch])
+// + r[ch, P] (b, r optional; the order of bf16_to_f32_channel_bias), transposed by tiles.
+__global__ void from_channels_last_kernel(const __nv_bfloat16* __restrict__ y16, const float* __restrict__ b,
+                                          const float* __restrict__ r, float* __restrict__ y, int64_t co,
+                                          int64_t P) {
+  __shared__ float tile[32][33];
+  const int64_t p0 = blockIdx.x * int64_t(32), c0 = blockIdx.y * int64_t(32);
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t p = p0 + i, ch = c0 + threadIdx.x;
+    tile[i][threadIdx.x] = (p < P && ch < co) ? __bfloat162float(y16[p * co + ch]) : 0.0f;
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t ch = c0 + i, p = p0 + threadIdx.x;
+    if (ch < co && p < P) {
+      const float v = tile[threadIdx.x][i] + (b ? b[ch] : 0.0f);
+      const int64_t o = ch * P + p;
+      y[o] = r ? v + r[o] : v;
+    }
+  }
+}
+
+// w [co, ci, k] float32 -> [co, k, ci] bf16 (a conv weight, channels last; k = kt kh kw)
+__global__ void weight_channels_last_kernel(const float* __restrict__ w, __nv_bfloat16* __restrict__ y,
+                                            int64_t co, int64_t ci, int64_t k) {
+  const int64_t total = co * ci * k;
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total;
+       o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t cout = o / (k * ci), rem = o % (k * ci), kk = rem / ci, cin = rem % ci;
+    y[o] = __float2bfloat16_rn(w[(cout * ci + cin) * k + kk]);
+  }
+}
+
 constexpr int kTile = 32;
 __global__ void transpose_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t r,
                                  int64_t c) {
@@ -153,6 +210,42 @@ void upsample2x_rows(const float* x, float* y, int64_t ct, int64_t h, int64_t w,
 
 void upsample2x_rows_bf16(const float* x, uint16_t* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream) {
   launch_upsample2x_rows(x, reinterpret_cast<__nv_bfloat16*>(y), ct, h, w, stream);
+}
+
+void to_channels_last_bf16(const void* src, bool src_bf16, int64_t c, int64_t src_t, int64_t f0, int64_t nf,
+                           int64_t hw, uint16_t* dst, cudaStream_t stream) {
+  if (c <= 0 || nf <= 0 || hw <= 0) return;
+  auto* d = reinterpret_cast<__nv_bfloat16*>(dst);
+  for (int64_t g0 = 0; g0 < nf; g0 += 65535) {  // gridDim.z <= 65535 frames a launch
+    const int64_t n = std::min<int64_t>(65535, nf - g0);
+    const dim3 grid(static_cast<unsigned>((hw + 31) / 32), static_cast<unsigned>((c + 31) / 32),
+                    static_cast<unsigned>(n));
+    if (src_bf16)
+      to_channels_last_kernel<<<grid, dim3(32, 8), 0, stream>>>(static_cast<const __nv_bfloat16*>(src),
+                                                               d + g0 * hw * c, c, src_t, f0 + g0, hw);
+    else
+      to_channels_last_kernel<<<grid, dim3(32, 8), 0, stream>>>(static_cast<const float*>(src), d + g0 * hw * c,
+                                                               c, src_t, f0 + g0, hw);
+    MG_CUDA_LAUNCH_CHECK();
+  }
+}
+
+void from_channels_last_f32(const uint16_t* y16, const float* b, const float* r, float* y, int64_t co,
+                            int64_t p, cudaStream_t stream) {
+  if (co <= 0 || p <= 0) return;
+  const dim3 grid(static_cast<unsigned>((p + 31) / 32), static_cast<unsigned>((co + 31) / 32));
+  from_channels_last_kernel<<<grid, dim3(32, 8), 0, stream>>>(reinterpret_cast<const __nv_bfloat16*>(y16), b, r,
+                                                             y, co, p);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void weight_channels_last_bf16(const float* w, uint16_t* y, int64_t co, int64_t ci, int64_t k,
+                               cudaStream_t stream) {
+  const int64_t total = co * ci * k;
+  if (total <= 0) return;
+  weight_channels_last_kernel<<<grid_for(total, 256), 256, 0, stream>>>(w, reinterpret_cast<__nv_bfloat16*>(y),
+                                                                        co, ci, k);
+  MG_CUDA_LAUNCH_CHECK();
 }
 
 void transpose2d(const float* x, float* y, int64_t r, int64_t c, cudaStream_t stream) {

@@ -100,6 +100,8 @@ if want checks; then
     if [ -d "$set/vae" ]; then
       step "verify vae $name --device cuda, MOGAGEN_CONV=cudnn (float32 data)" \
         env MOGAGEN_CONV=cudnn build/mogagen verify vae "$set" --device cuda
+      step "verify vae $name --device cuda, MOGAGEN_CONV=bf16-ndhwc (channels last)" \
+        env MOGAGEN_CONV=bf16-ndhwc build/mogagen verify vae "$set" --device cuda
     fi
   done
   step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
@@ -130,6 +132,7 @@ if want bench; then
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3 --profile on
   step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3 --profile on
   step "bench VAE (bf16 convolutions, the default)" build/mogagen_bench vae --profile on
+  step "bench VAE, MOGAGEN_CONV=bf16-ndhwc (channels last)" env MOGAGEN_CONV=bf16-ndhwc build/mogagen_bench vae --profile on
   step "bench VAE, MOGAGEN_CONV=cudnn (float32 data)" env MOGAGEN_CONV=cudnn build/mogagen_bench vae --profile on
   step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
 fi

@@ -404,16 +404,20 @@ class CudaOps final : public Ops {
     const char* no = std::getenv("MOGAGEN_NO_CUDNN");
     use_cudnn_ = !(no && *no && std::strcmp(no, "0") != 0);
     // MOGAGEN_CONV: bf16 (the default: cuDNN with bf16 data and float accumulation, the
-    // precision diffusers' bf16 decode runs at), cudnn (cuDNN on float32 data, TF32) or
-    // im2col (im2col + GEMM, float32, to compare)
+    // precision diffusers' bf16 decode runs at), bf16-ndhwc (the same arithmetic on
+    // channels-last copies, cuDNN's tensor-core layout; to measure), cudnn (cuDNN on float32
+    // data, TF32) or im2col (im2col + GEMM, float32, to compare)
     const char* conv = std::getenv("MOGAGEN_CONV");
     if (conv && *conv && std::strcmp(conv, "bf16") != 0) {
       if (std::strcmp(conv, "im2col") == 0)
         cudnn_conv_ = false;
       else if (std::strcmp(conv, "cudnn") == 0)
         conv_bf16_ = false;
+      else if (std::strcmp(conv, "bf16-ndhwc") == 0)
+        conv_ndhwc_ = true;
       else
-        throw usage_error(std::string("MOGAGEN_CONV: expected bf16, cudnn or im2col, found '") + conv + "'");
+        throw usage_error(std::string("MOGAGEN_CONV: expected bf16, bf16-ndhwc, cudnn or im2col, found '") +
+                          conv + "'");
     }
   }
 
@@ -421,6 +425,7 @@ class CudaOps final : public Ops {
     cudaSetDevice(dev_);
     cudaStreamSynchronize(stream_);
     conv_w16_.clear();  // device tensors: released while the stream and memory are alive
+    conv_w16_ndhwc_.clear();
     sdpa_.reset();
     conv_.reset();
     gemm_.reset();
@@ -1266,6 +1271,8 @@ class CudaOps final : public Ops {
   // algorithm.
   bool conv3d_bf16(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* bias,
                    const Conv3dShape& s, int64_t co, Tensor& y, const Tensor* residual = nullptr) {
+    if (conv_ndhwc_ && s.ci % 8 == 0 && co % 8 == 0 && conv3d_bf16_ndhwc(front, x, w, bias, s, co, y, residual))
+      return true;
     const int64_t f = s.h * s.w, t = s.t + s.pad_t;
     Tensor xin = alloc({s.ci, t, s.h, s.w}, DType::BF16);
     uint16_t* xp = xin.data<uint16_t>();
@@ -1290,6 +1297,48 @@ class CudaOps final : public Ops {
                                    residual ? residual->data<float>() : nullptr, y.data<float>(), co,
                                    s.to * s.ho * s.wo, stream_);
     return true;
+  }
+  // conv3d_bf16 on channels-last copies (MOGAGEN_CONV=bf16-ndhwc): [front, x] written once as
+  // the bf16 input [t, h, w, ci] (causal front frames zeroed), the weight's channels-last bf16
+  // copy made once and kept, and the output [to, ho, wo, co] widened back to [co, to, ho, wo]
+  // with the bias (and residual) in one transposing pass. False, having written nothing to y,
+  // where cuDNN has no algorithm (conv3d_bf16 then runs channels first).
+  bool conv3d_bf16_ndhwc(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* bias,
+                         const Conv3dShape& s, int64_t co, Tensor& y, const Tensor* residual) {
+    const int64_t f = s.h * s.w, t = s.t + s.pad_t;
+    Tensor xin = alloc({t, s.h, s.w, s.ci}, DType::BF16);
+    uint16_t* xp = xin.data<uint16_t>();
+    if (s.pad_t > 0) MG_CUDA_CHECK(cudaMemsetAsync(xp, 0, size_t(s.pad_t * f * s.ci) * 2, stream_));
+    int64_t at = s.pad_t;
+    for (const Tensor* part : {&front, &x}) {
+      if (!part->defined()) continue;
+      const Tensor src = in_f32_or_bf16(*part, "conv3d", part == &front ? "front" : "x");
+      cuda::to_channels_last_bf16(src.raw(), src.dtype() == DType::BF16, s.ci, src.dim(1), 0, src.dim(1), f,
+                                  xp + at * f * s.ci, stream_);
+      at += src.dim(1);
+    }
+    Conv3dShape cs = s;
+    cs.t = t;
+    cs.pad_t = 0;
+    Tensor y16 = alloc({s.to, s.ho, s.wo, co}, DType::BF16);
+    if (!conv_->forward_bf16_ndhwc(*mem_, xp, conv_weight_bf16_ndhwc(w).data<uint16_t>(), y16.data<uint16_t>(), cs,
+                                   co))
+      return false;
+    cuda::from_channels_last_f32(y16.data<uint16_t>(), bias ? bias->data<float>() : nullptr,
+                                 residual ? residual->data<float>() : nullptr, y.data<float>(), co,
+                                 s.to * s.ho * s.wo, stream_);
+    return true;
+  }
+  // The channels-last bf16 copy [co, kt, kh, kw, ci] of a float32 conv weight, made once.
+  const Tensor& conv_weight_bf16_ndhwc(const Tensor& w) {
+    auto it = conv_w16_ndhwc_.find(w.raw());
+    if (it == conv_w16_ndhwc_.end() || it->second.first.shape() != w.shape()) {
+      Tensor cl = alloc(w.shape(), DType::BF16);
+      cuda::weight_channels_last_bf16(w.data<float>(), cl.data<uint16_t>(), w.dim(0), w.dim(1),
+                                      w.dim(2) * w.dim(3) * w.dim(4), stream_);
+      it = conv_w16_ndhwc_.insert_or_assign(w.raw(), std::make_pair(w, cl)).first;
+    }
+    return it->second.second;
   }
   // The bf16 copy of a float32 conv weight, made once: keyed by the weight's storage, which
   // the entry keeps alive so that the address cannot be reused while it is cached.
@@ -1698,8 +1747,10 @@ class CudaOps final : public Ops {
   AttentionStats att_stats_;  // plans and plan_seconds come from sdpa_
   bool cudnn_conv_ = true;  // conv3d with float32 weights through cuDNN (MOGAGEN_CONV)
   bool conv_bf16_ = true;   // ... with bf16 data (the default; MOGAGEN_CONV=cudnn: float32)
+  bool conv_ndhwc_ = false;  // ... on channels-last copies (MOGAGEN_CONV=bf16-ndhwc)
   // conv_weight_bf16's copies: weight storage -> (the weight, held alive; its bf16 copy)
   std::map<const void*, std::pair<Tensor, Tensor>> conv_w16_;
+  std::map<const void*, std::pair<Tensor, Tensor>> conv_w16_ndhwc_;  // the same, channels last
 };
 
 // Device 0..n-1 usable by this build (sm_90a code: compute capability 9.0 exactly).
