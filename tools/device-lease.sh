@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The next device lease (docs/training.md, "Next run"; docs/performance.md) as short calls,
+# each one a single command for the device tool, so that the next call can be issued within
+# the 30 s before an idle machine is released:
+#
+#   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
+#   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
+#   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree on the model + device-check bench (~200 s)
+#   OUT=$OUT tools/device-lease.sh moga      # device-check moga: issue 5 at 187,200 tokens (~330 s)
+#   OUT=$OUT tools/device-lease.sh long      # device-check long, then peer, as the time allows
+#
+# Carry [".train/prep", ".debs", ".golden"] (and ".peer" for the peer). Each part writes its
+# logs under $OUT and prints a short summary.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the output folder of the device tool}"
+# run 12's recipe (docs/training.md)
+FLAGS=(--prep .train/prep --out .train/model --seed 1 --vae-seconds 240 --dit-seconds 720 --lr-decay cosine
+       --moga-impl mask --masked-kernel fused --object-weight 8 --vae-object-weight 8 --uniform-t 0.4
+       --balance 0.2 --bg-shading 0.12)
+
+copy_model() {
+  mkdir -p "$OUT/model" &&
+    cp .train/model/transformer/diffusion_pytorch_model.safetensors "$OUT/model/dit.safetensors" &&
+    cp .train/model/vae/diffusion_pytorch_model.safetensors "$OUT/model/vae.safetensors" &&
+    tar czf "$OUT/model/rest.tgz" --exclude='*diffusion_pytorch_model.safetensors' -C .train model &&
+    echo "model copied to \$OUT/model"
+}
+
+case "${1:-}" in
+  train1)
+    (nice -n 19 env OUT="$OUT" tools/device-check.sh checks >"$OUT/checks.log" 2>&1) &
+    python3 tools/train/train.py "${FLAGS[@]}" --stages vae,dit --slice-seconds 240 >"$OUT/train1.log" 2>&1
+    echo "training part 1: exit $? (3: paused as planned)"
+    wait
+    cp .train/train.log "$OUT/" 2>/dev/null
+    grep -E "vae done|colour_check|paused" "$OUT/train1.log" | cut -c1-400
+    grep "==" "$OUT/device-check.txt"
+    ;;
+  train2)
+    python3 tools/train/train.py "${FLAGS[@]}" --stages dit,export --resume --slice-seconds 520 >"$OUT/train2.log" 2>&1
+    echo "training part 2: exit $?"
+    cp .train/train.log "$OUT/" 2>/dev/null
+    copy_model
+    grep -E "dit done|routers calibrated|semantic:|check:" "$OUT/train2.log" | cut -c1-300
+    ;;
+  measure)
+    env MOGAGEN_TEST_MODEL="$PWD/.train/model" timeout 150 build/mogagen_tests \
+      --gtest_filter=DefaultModel.CpuAndGpuAgree >"$OUT/agree.log" 2>&1
+    echo "CpuAndGpuAgree: exit $?"
+    grep -E "PSNR" "$OUT/agree.log"
+    T5_POLICIES="split-qk tf32-except-qk" OUT="$OUT" tools/device-check.sh bench >"$OUT/bench.log" 2>&1
+    grep -E "==|median|decode|TFLOP/s|attention:" "$OUT/device-check.txt" | cut -c1-200
+    ;;
+  moga)
+    MOGA_DENSE=1.3b OUT="$OUT" timeout 560 tools/device-check.sh moga >"$OUT/moga.log" 2>&1
+    grep -hE "median|attention:|routing \(timed|profile|self-attention|== " "$OUT"/logs/*.log "$OUT/device-check.txt" \
+      2>/dev/null | cut -c1-200
+    ;;
+  long)
+    OUT="$OUT" timeout "${LONG_SECONDS:-400}" tools/device-check.sh long >"$OUT/long.log" 2>&1
+    grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
+    ;;
+  *)
+    echo "usage: OUT=<folder> tools/device-lease.sh train1|train2|measure|moga|long" >&2
+    exit 2
+    ;;
+esac
