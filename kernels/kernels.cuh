@@ -194,6 +194,11 @@ class CudnnConv3d {
 };
 
 // ---- video.cu ---------------------------------------------------------------------------------
+// Ops::patchify / unpatchify of a latent [c, t, h, w] (t, h, w multiples of pt, ph, pw).
+void patchify(const float* x, float* y, int64_t c, int64_t t, int64_t h, int64_t w, int pt, int ph, int pw,
+              cudaStream_t stream);
+void unpatchify(const float* y, float* v, int64_t c, int64_t t, int64_t h, int64_t w, int pt, int ph, int pw,
+                cudaStream_t stream);
 // Channels last, for cuDNN's NDHWC convolutions: frames [f0, f0 + nf) of src [c, src_t, hw]
 // (float32 or bf16) -> dst [nf, hw, c] bf16; a channels-last bf16 output y16 [p, co] -> y
 // [co, p] float32 plus b[co] and r[co, p] (both optional; (value + b) + r); a conv weight

@@ -88,6 +88,34 @@ __global__ void weight_channels_last_kernel(const float* __restrict__ w, __nv_bf
   }
 }
 
+// Ops::patchify: one output value per thread (small tensors: the divisions do not matter).
+__global__ void patchify_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t C, int64_t T,
+                                int64_t h, int64_t w, int64_t H, int64_t W, int pt, int ph, int pw,
+                                int64_t total) {
+  const int64_t P = int64_t(pt) * ph * pw, D = C * P;
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total;
+       o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = o / D, col = o % D, c = col / P, r = col % P;
+    const int64_t i = r / (ph * pw), a = (r / pw) % ph, b = r % pw;
+    const int64_t f = n / (H * W), yy = (n / W) % H, xx = n % W;
+    y[o] = x[((c * T + f * pt + i) * h + yy * ph + a) * w + xx * pw + b];
+  }
+}
+
+// Ops::unpatchify: one output value of v [C, T, h, w] per thread.
+__global__ void unpatchify_kernel(const float* __restrict__ y, float* __restrict__ v, int64_t C, int64_t T,
+                                  int64_t h, int64_t w, int64_t H, int64_t W, int pt, int ph, int pw,
+                                  int64_t total) {
+  const int64_t P = int64_t(pt) * ph * pw, D = C * P;
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total;
+       o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t xx = o % w, yy = (o / w) % h, t = (o / (w * h)) % T, c = o / (w * h * T);
+    const int64_t f = t / pt, i = t % pt, Y = yy / ph, a = yy % ph, X = xx / pw, b = xx % pw;
+    const int64_t n = (f * H + Y) * W + X;
+    v[o] = y[n * D + ((i * ph + a) * pw + b) * C + c];
+  }
+}
+
 constexpr int kTile = 32;
 __global__ void transpose_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t r,
                                  int64_t c) {
@@ -210,6 +238,22 @@ void upsample2x_rows(const float* x, float* y, int64_t ct, int64_t h, int64_t w,
 
 void upsample2x_rows_bf16(const float* x, uint16_t* y, int64_t ct, int64_t h, int64_t w, cudaStream_t stream) {
   launch_upsample2x_rows(x, reinterpret_cast<__nv_bfloat16*>(y), ct, h, w, stream);
+}
+
+void patchify(const float* x, float* y, int64_t c, int64_t t, int64_t h, int64_t w, int pt, int ph, int pw,
+              cudaStream_t stream) {
+  const int64_t total = c * t * h * w;  // the output has as many values
+  if (total <= 0) return;
+  patchify_kernel<<<grid_for(total, 256), 256, 0, stream>>>(x, y, c, t, h, w, h / ph, w / pw, pt, ph, pw, total);
+  MG_CUDA_LAUNCH_CHECK();
+}
+
+void unpatchify(const float* y, float* v, int64_t c, int64_t t, int64_t h, int64_t w, int pt, int ph, int pw,
+                cudaStream_t stream) {
+  const int64_t total = c * t * h * w;
+  if (total <= 0) return;
+  unpatchify_kernel<<<grid_for(total, 256), 256, 0, stream>>>(y, v, c, t, h, w, h / ph, w / pw, pt, ph, pw, total);
+  MG_CUDA_LAUNCH_CHECK();
 }
 
 void to_channels_last_bf16(const void* src, bool src_bf16, int64_t c, int64_t src_t, int64_t f0, int64_t nf,

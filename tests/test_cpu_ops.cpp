@@ -451,3 +451,39 @@ TEST(Tensor, DtypeConversions) {
   EXPECT_EQ(rel_error(back, t), 0.0);
   EXPECT_TRUE(std::isinf(rel_error(Tensor::from_vector({NAN, 0, 0}, {3}), t)));
 }
+
+// Ops::patchify / unpatchify follow the documented layouts: patchify's feature c * P +
+// (i * ph + a) * pw + b of token (f, y, x) reads x[c, f pt + i, y ph + a, x pw + b], and
+// unpatchify's feature ((i * ph + a) * pw + b) * C + c lands there.
+TEST(CpuOps, PatchifyLayouts) {
+  auto ops = make_cpu_ops();
+  const int64_t C = 3, T = 4, h = 6, w = 4;
+  const int pt = 2, ph = 3, pw = 2, P = pt * ph * pw;
+  Tensor x = Tensor::empty({C, T, h, w});
+  for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] = float(i);
+  const Tensor p = ops->patchify(x, pt, ph, pw);
+  const int64_t F = T / pt, H = h / ph, W = w / pw;
+  ASSERT_EQ(p.shape(), (Shape{F * H * W, C * P}));
+  int checked = 0;
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t y = 0; y < H; ++y)
+      for (int64_t xx = 0; xx < W; ++xx)
+        for (int64_t c = 0; c < C; ++c)
+          for (int i = 0; i < pt; ++i)
+            for (int a = 0; a < ph; ++a)
+              for (int b = 0; b < pw; ++b) {
+                const int64_t n = (f * H + y) * W + xx;
+                const float want = float(((c * T + f * pt + i) * h + y * ph + a) * w + xx * pw + b);
+                EXPECT_EQ(p.f32()[n * C * P + c * P + (i * ph + a) * pw + b], want);
+                if (checked++ % 37 == 0) {  // unpatchify: one feature set, where it lands
+                  Tensor yv = Tensor::zeros({F * H * W, C * P});
+                  yv.f32()[n * C * P + ((i * ph + a) * pw + b) * C + c] = 1.0f;
+                  const Tensor v = ops->unpatchify(yv, C, F, H, W, pt, ph, pw);
+                  EXPECT_EQ(v.f32()[int64_t(want)], 1.0f);
+                  double sum = 0;
+                  for (int64_t e = 0; e < v.numel(); ++e) sum += v.f32()[e];
+                  EXPECT_EQ(sum, 1.0);
+                }
+              }
+  EXPECT_EQ(checked, C * T * h * w);
+}

@@ -992,6 +992,28 @@ TEST(CudaOps, TiledConvAndAttention) {
         kF32Tol, "attention d384 n12000, 2 row tiles");
 }
 
+// The DiT's patchify and unpatchify on the device: the CPU's copies, bit for bit (Wan's
+// 1x2x2 patches, and an uneven 2x3x2 one).
+TEST(CudaOps, PatchifyAndUnpatchify) {
+  REQUIRE_CUDA();
+  Backends b;
+  struct Case {
+    int64_t c, t, h, w;
+    int pt, ph, pw;
+  };
+  for (const Case& k : {Case{16, 3, 8, 10, 1, 2, 2}, Case{4, 4, 6, 4, 2, 3, 2}}) {
+    const Tensor x = randn({k.c, k.t, k.h, k.w}, 140);
+    const Tensor p = b.gpu->patchify(b.up(x), k.pt, k.ph, k.pw);
+    check(b.down(p), b.cpu->patchify(x, k.pt, k.ph, k.pw), 0.0, "patchify");
+    const int64_t F = k.t / k.pt, H = k.h / k.ph, W = k.w / k.pw, D = k.c * k.pt * k.ph * k.pw;
+    const Tensor y = randn({F * H * W, D}, 141);
+    const Tensor v = b.gpu->unpatchify(b.up(y), k.c, F, H, W, k.pt, k.ph, k.pw);
+    EXPECT_EQ(v.shape(), (Shape{k.c, k.t, k.h, k.w}));
+    check(b.down(v), b.cpu->unpatchify(y, k.c, F, H, W, k.pt, k.ph, k.pw), 0.0, "unpatchify");
+  }
+  EXPECT_THROW(b.gpu->patchify(b.up(randn({2, 3, 5, 4}, 142)), 1, 2, 2), Error);  // 5 rows: not whole patches
+}
+
 TEST(CudaOps, VideoAndCopies) {
   REQUIRE_CUDA();
   Backends b;

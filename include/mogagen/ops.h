@@ -291,6 +291,14 @@ class Ops {
   // Concatenate along dim 1 (time) of [C, T, H, W] tensors; slice frames [t0, t1).
   virtual Tensor cat_time(const Tensor& a, const Tensor& b) = 0;
   virtual Tensor slice_time(const Tensor& x, int64_t t0, int64_t t1) = 0;
+  // The DiT's patches (Wan's patch embedding as a linear layer): x [C, T, h, w] ->
+  // [F * H * W, C * pt * ph * pw] with F = T / pt, H = h / ph, W = w / pw, token (f, y, x)
+  // and feature c * P + (i * ph + a) * pw + b reading x[c, f pt + i, y ph + a, x pw + b].
+  virtual Tensor patchify(const Tensor& x, int pt, int ph, int pw) = 0;
+  // The head's output back to a latent: y [F * H * W, C * P] with feature ((i * ph + a) * pw
+  // + b) * C + c of token (f, y, x) -> v[c, f pt + i, y ph + a, x pw + b], v [C, F pt, H ph, W pw].
+  virtual Tensor unpatchify(const Tensor& y, int64_t c, int64_t f, int64_t h, int64_t w, int pt, int ph,
+                            int pw) = 0;
   // [C, T, 2H, W] from time_conv output [2C, T, H, W] -> [C, 2T, H, W]: channel half 0 is
   // frame 2j, half 1 frame 2j+1.
   virtual Tensor interleave_time(const Tensor& x) = 0;

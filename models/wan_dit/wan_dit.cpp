@@ -394,47 +394,6 @@ WanDit::TextCache WanDit::prepare_context(const std::vector<Tensor>& ctx_per_sho
 
 // Token (f, y, x) takes x[c, f*pt+i, y*ph+a, x*pw+b] at feature c*P + (i*ph+a)*pw + b
 // (the Conv3d weight [d, C, pt, ph, pw] viewed as [d, C*P]).
-Tensor WanDit::patchify(const Tensor& x, const Grid& g) const {
-  const int pt = cfg_.patch[0], ph = cfg_.patch[1], pw = cfg_.patch[2], P = cfg_.patch_volume();
-  const int64_t C = x.dim(0), T = x.dim(1), h = x.dim(2), w = x.dim(3), D = C * P;
-  Tensor out = Tensor::empty({g.N, D});
-  const float* src = x.f32();
-  float* dst = out.f32();
-  for (int64_t f = 0; f < g.F; ++f)
-    for (int64_t y = 0; y < g.H; ++y)
-      for (int64_t xx = 0; xx < g.W; ++xx) {
-        float* row = dst + ((f * g.H + y) * g.W + xx) * D;
-        for (int64_t c = 0; c < C; ++c)
-          for (int i = 0; i < pt; ++i)
-            for (int a = 0; a < ph; ++a)
-              for (int b = 0; b < pw; ++b)
-                row[c * P + (i * ph + a) * pw + b] =
-                    src[((c * T + f * pt + i) * h + y * ph + a) * w + xx * pw + b];
-      }
-  return out;
-}
-
-// Head output of token (f, y, x), feature ((i*ph+a)*pw+b)*C + c -> v[c, f*pt+i, y*ph+a, x*pw+b].
-Tensor WanDit::unpatchify(const Tensor& y, const Grid& g) const {
-  const int pt = cfg_.patch[0], ph = cfg_.patch[1], pw = cfg_.patch[2], P = cfg_.patch_volume();
-  const int64_t C = cfg_.out_dim, T = g.F * pt, h = g.H * ph, w = g.W * pw, D = C * P;
-  Tensor out = Tensor::empty({C, T, h, w});
-  const float* src = y.f32();
-  float* dst = out.f32();
-  for (int64_t f = 0; f < g.F; ++f)
-    for (int64_t yy = 0; yy < g.H; ++yy)
-      for (int64_t xx = 0; xx < g.W; ++xx) {
-        const float* row = src + ((f * g.H + yy) * g.W + xx) * D;
-        for (int i = 0; i < pt; ++i)
-          for (int a = 0; a < ph; ++a)
-            for (int b = 0; b < pw; ++b)
-              for (int64_t c = 0; c < C; ++c)
-                dst[((c * T + f * pt + i) * h + yy * ph + a) * w + xx * pw + b] =
-                    row[((i * ph + a) * pw + b) * C + c];
-      }
-  return out;
-}
-
 // 3D RoPE (§1.5): c = hd/2 pairs split [c - 2(c/3), c/3, c/3] over (frame, row, column);
 // axis with p pairs rotates pair i by pos * 10000^(-2i / 2p). Angles and cos/sin in double.
 void WanDit::rope_tables(const Grid& g, Tensor& cos_t, Tensor& sin_t) {
@@ -689,7 +648,7 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
   Tensor e0 = ops_.linear(ops_.silu(e), tproj_w, &tproj_b);               // [1, 6d]
 
   // Patchify (step 1) and RoPE tables.
-  Tensor xs = ops_.linear(ops_.upload(patchify(x, g)), patch_w, &patch_b);  // [N, d]
+  Tensor xs = ops_.linear(ops_.patchify(ops_.upload(x), pt, ph, pw), patch_w, &patch_b);  // [N, d]
   Tensor rcos, rsin;
   rope_tables(g, rcos, rsin);
   WindowPlan wp;
@@ -783,7 +742,7 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
   Tensor hm = ops_.add_row(head_mod, e);  // [2, d]
   Tensor y = ops_.linear(ops_.layer_norm_modulate(xs, hm.rows(0, 1), hm.rows(1, 2), eps), head_w,
                          &head_b);
-  return unpatchify(ops_.download(y), g);  // step 6
+  return ops_.download(ops_.unpatchify(y, cfg_.out_dim, g.F, g.H, g.W, pt, ph, pw));  // step 6
 }
 
 // ---- routing statistics ------------------------------------------------------------------------

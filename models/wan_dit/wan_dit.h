@@ -2,7 +2,7 @@
 //
 // Math: ../shared/wan-notes.md §1 (the dense Wan forward) and ../shared/moga-spec.md
 // (Mixture-of-Groups attention, multi-shot cross-attention). Written only against mg::Ops;
-// host-side work is limited to index bookkeeping (patchify order, RoPE tables, routing).
+// host-side work is limited to index bookkeeping (RoPE tables, routing, window plans).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -152,8 +152,6 @@ class WanDit {
   };
 
   Tensor embed_padded(const std::vector<Tensor>& ctx_per_shot);
-  Tensor patchify(const Tensor& x, const Grid& g) const;
-  Tensor unpatchify(const Tensor& y, const Grid& g) const;
   void rope_tables(const Grid& g, Tensor& cos, Tensor& sin);
   WindowPlan window_plan(const Grid& g) const;
   Tensor self_attention_dense(const Tensor& q, const Tensor& k, const Tensor& v);

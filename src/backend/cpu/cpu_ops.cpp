@@ -143,6 +143,46 @@ class CpuOps final : public Ops {
     expect_f32(t, "download", "t");
     return t;
   }
+
+  Tensor patchify(const Tensor& x, int pt, int ph, int pw) override {
+    expect_f32(x, "patchify", "x");
+    const int64_t C = x.dim(0), T = x.dim(1), h = x.dim(2), w = x.dim(3);
+    const int64_t F = T / pt, H = h / ph, W = w / pw, P = int64_t(pt) * ph * pw, D = C * P;
+    Tensor out = Tensor::empty({F * H * W, D});
+    const float* src = x.f32();
+    float* dst = out.f32();
+    for (int64_t f = 0; f < F; ++f)
+      for (int64_t y = 0; y < H; ++y)
+        for (int64_t xx = 0; xx < W; ++xx) {
+          float* row = dst + ((f * H + y) * W + xx) * D;
+          for (int64_t c = 0; c < C; ++c)
+            for (int i = 0; i < pt; ++i)
+              for (int a = 0; a < ph; ++a)
+                for (int b = 0; b < pw; ++b)
+                  row[c * P + (i * ph + a) * pw + b] = src[((c * T + f * pt + i) * h + y * ph + a) * w + xx * pw + b];
+        }
+    return out;
+  }
+
+  Tensor unpatchify(const Tensor& yv, int64_t C, int64_t F, int64_t H, int64_t W, int pt, int ph,
+                    int pw) override {
+    expect_f32(yv, "unpatchify", "y");
+    const int64_t P = int64_t(pt) * ph * pw, D = C * P, T = F * pt, h = H * ph, w = W * pw;
+    Tensor out = Tensor::empty({C, T, h, w});
+    const float* src = yv.f32();
+    float* dst = out.f32();
+    for (int64_t f = 0; f < F; ++f)
+      for (int64_t yy = 0; yy < H; ++yy)
+        for (int64_t xx = 0; xx < W; ++xx) {
+          const float* row = src + ((f * H + yy) * W + xx) * D;
+          for (int i = 0; i < pt; ++i)
+            for (int a = 0; a < ph; ++a)
+              for (int b = 0; b < pw; ++b)
+                for (int64_t c = 0; c < C; ++c)
+                  dst[((c * T + f * pt + i) * h + yy * ph + a) * w + xx * pw + b] = row[((i * ph + a) * pw + b) * C + c];
+        }
+    return out;
+  }
   Tensor empty(const Shape& s) override { return Tensor::empty(s); }
   Tensor zeros(const Shape& s) override { return Tensor::zeros(s); }
 

@@ -1349,6 +1349,28 @@ class CudaOps final : public Ops {
     return it->second.second;
   }
 
+  Tensor patchify(const Tensor& x, int pt, int ph, int pw) override {
+    bind();
+    const Tensor xx = in_f32(x, "patchify", "x");
+    if (x.ndim() != 4 || pt <= 0 || ph <= 0 || pw <= 0 || x.dim(1) % pt || x.dim(2) % ph || x.dim(3) % pw)
+      throw internal_error("patchify: x " + x.str() + " is not whole patches");
+    const int64_t C = x.dim(0), T = x.dim(1), h = x.dim(2), w = x.dim(3);
+    Tensor y = alloc({(T / pt) * (h / ph) * (w / pw), C * pt * ph * pw}, DType::F32);
+    cuda::patchify(xx.data<float>(), y.data<float>(), C, T, h, w, pt, ph, pw, stream_);
+    return y;
+  }
+
+  Tensor unpatchify(const Tensor& y, int64_t c, int64_t f, int64_t h, int64_t w, int pt, int ph, int pw) override {
+    bind();
+    const Tensor yy = in_f32(y, "unpatchify", "y");
+    if (y.ndim() != 2 || y.dim(0) != f * h * w || y.dim(1) != c * pt * ph * pw)
+      throw internal_error("unpatchify: y " + y.str() + " is not [" + std::to_string(f * h * w) + ", " +
+                           std::to_string(c * pt * ph * pw) + "]");
+    Tensor v = alloc({c, f * pt, h * ph, w * pw}, DType::F32);
+    cuda::unpatchify(yy.data<float>(), v.data<float>(), c, f * pt, h * ph, w * pw, pt, ph, pw, stream_);
+    return v;
+  }
+
   Tensor upsample2x(const Tensor& x) override { return upsample(x, false, "upsample2x"); }
   // bf16 where the convolution that reads it runs on bf16 data
   Tensor upsample2x_for_conv(const Tensor& x) override {
