@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -202,8 +203,10 @@ int align_of(const void* p) {
 
 class Gemm {
  public:
-  Gemm(cublasLtHandle_t lt, cublasHandle_t blas, cudaStream_t stream, void* ws, size_t ws_bytes)
-      : lt_(lt), blas_(blas), stream_(stream), ws_(ws), ws_bytes_(ws_bytes) {}
+  // scratch(bytes): device memory for a moment (timing a residual GEMM's candidates aside)
+  using Scratch = std::function<std::shared_ptr<void>(size_t)>;
+  Gemm(cublasLtHandle_t lt, cublasHandle_t blas, cudaStream_t stream, void* ws, size_t ws_bytes, Scratch scratch)
+      : lt_(lt), blas_(blas), stream_(stream), ws_(ws), ws_bytes_(ws_bytes), scratch_(std::move(scratch)) {}
   ~Gemm() {
     for (auto& kv : cache_) {
       Entry& e = kv.second;
@@ -228,8 +231,12 @@ class Gemm {
       if (g.bias)
         MG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                        &g.bias, sizeof(g.bias)));
-      MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, g.c, e.c, g.c,
-                                     e.c, &e.algo, ws_, ws_bytes_, stream_));
+      auto launch = [&](const cublasLtMatmulAlgo_t& algo) {  // D = A B (+ bias): repeatable
+        return cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, g.c, e.c, g.c, e.c, &algo, ws_,
+                              ws_bytes_, stream_);
+      };
+      if (!e.candidates.empty()) pick(e, launch);
+      MG_CUBLAS_CHECK(launch(e.algo));
       return;
     }
     // No cuBLASLt algorithm for this layout: the classic API handles everything.
@@ -249,6 +256,20 @@ class Gemm {
     if (g.bias)
       MG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &g.bias, sizeof(g.bias)));
+    if (!e.candidates.empty()) {
+      // Timed aside: D into scratch, C read from the stream (running it in place would add
+      // the product more than once). Too large an output keeps the heuristics' first.
+      const size_t bytes = static_cast<size_t>(g.ldc) * static_cast<size_t>(g.n) * sizeof(float);
+      if (bytes <= kMaxPickScratch) {
+        const std::shared_ptr<void> d = scratch_(bytes);
+        pick(e, [&](const cublasLtMatmulAlgo_t& algo) {
+          return cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &one, g.c, e.c, d.get(), e.c, &algo, ws_,
+                                ws_bytes_, stream_);
+        });
+      } else {
+        e.candidates.clear();
+      }
+    }
     MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &one, g.c, e.c, g.c, e.c,
                                    &e.algo, ws_, ws_bytes_, stream_));
     return true;
@@ -267,8 +288,12 @@ class Gemm {
     if (g.bias)
       MG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &g.bias, sizeof(g.bias)));
-    MG_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, d, e.c, d, e.c,
-                                   &e.algo, ws_, ws_bytes_, stream_));
+    auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
+      return cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, d, e.c, d, e.c, &algo, ws_, ws_bytes_,
+                            stream_);
+    };
+    if (!e.candidates.empty()) pick(e, launch);
+    MG_CUBLAS_CHECK(launch(e.algo));
     return true;
   }
 
@@ -279,7 +304,40 @@ class Gemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
     bool ok = false;
+    // the heuristics' algorithms, best first, until the first call has timed them
+    std::vector<cublasLtMatmulAlgo_t> candidates;
   };
+  static constexpr int kMaxAlgos = 6;
+  static constexpr size_t kMaxPickScratch = size_t(1) << 30;
+
+  // First call of an entry with several algorithms: each runs twice through `launch` (the
+  // first run untimed: it loads the kernels; launch must be repeatable), the fastest becomes
+  // the entry's algorithm. The heuristics' first pick is not always the fastest.
+  template <typename Launch>
+  void pick(Entry& e, Launch&& launch) {
+    cudaEvent_t e0, e1;
+    MG_CUDA_CHECK(cudaEventCreate(&e0));
+    MG_CUDA_CHECK(cudaEventCreate(&e1));
+    float best = -1.0f;
+    size_t bi = 0;
+    for (size_t i = 0; i < e.candidates.size(); ++i) {
+      if (launch(e.candidates[i]) != CUBLAS_STATUS_SUCCESS) continue;
+      MG_CUDA_CHECK(cudaEventRecord(e0, stream_));
+      const cublasStatus_t st = launch(e.candidates[i]);
+      MG_CUDA_CHECK(cudaEventRecord(e1, stream_));
+      MG_CUDA_CHECK(cudaEventSynchronize(e1));
+      float ms = 0.0f;
+      MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      if (st == CUBLAS_STATUS_SUCCESS && (best < 0.0f || ms < best)) {
+        best = ms;
+        bi = i;
+      }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    e.algo = e.candidates[bi];
+    e.candidates.clear();
+  }
 
   void add_bias(const GemmArgs& g) {
     // Column-major m x n with ldc: column j is row j of a row-major [n, ldc] view.
@@ -353,14 +411,18 @@ class Gemm {
                                          sizeof(uint32_t));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[3],
                                          sizeof(uint32_t));
-    cublasLtMatmulHeuristicResult_t res{};
+    cublasLtMatmulHeuristicResult_t res[kMaxAlgos] = {};
     int found = 0;
     const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(lt_, e.op, e.a, e.b, e.c, e.c, pref, 1, &res, &found);
+        cublasLtMatmulAlgoGetHeuristic(lt_, e.op, e.a, e.b, e.c, e.c, pref, kMaxAlgos, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
-      e.algo = res.algo;
+    if (st == CUBLAS_STATUS_SUCCESS)
+      for (int i = 0; i < std::min(found, kMaxAlgos); ++i)
+        if (res[i].state == CUBLAS_STATUS_SUCCESS) e.candidates.push_back(res[i].algo);
+    if (!e.candidates.empty()) {
+      e.algo = e.candidates.front();
       e.ok = true;
+      if (e.candidates.size() == 1) e.candidates.clear();  // nothing to choose
     }
     return e;
   }
@@ -370,6 +432,7 @@ class Gemm {
   cudaStream_t stream_;
   void* ws_;
   size_t ws_bytes_;
+  Scratch scratch_;
   std::map<Key, Entry> cache_;
 };
 
@@ -398,7 +461,8 @@ class CudaOps final : public Ops {
     MG_CUBLAS_CHECK(cublasLtCreate(&lt_));
     ws_ = mem_->scratch(kWorkspace);
     MG_CUBLAS_CHECK(cublasSetWorkspace(blas_, ws_.get(), kWorkspace));
-    gemm_ = std::make_unique<Gemm>(lt_, blas_, stream_, ws_.get(), kWorkspace);
+    gemm_ = std::make_unique<Gemm>(lt_, blas_, stream_, ws_.get(), kWorkspace,
+                                   [this](size_t bytes) { return mem_->scratch(bytes); });
     sdpa_ = std::make_unique<Sdpa>(dev_, stream_);
     conv_ = std::make_unique<CudnnConv3d>(dev_, stream_);
     const char* no = std::getenv("MOGAGEN_NO_CUDNN");
