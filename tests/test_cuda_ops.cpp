@@ -36,17 +36,28 @@ Tensor bf16_round(const Tensor& t) { return t.to(DType::BF16).to(DType::F32); }
 // below hold to TF32 tolerances against the CPU. The default (bf16 convolutions, and the
 // norm in front of them written in bf16) has its own checks in Conv3dCudnnAndIm2colAgree;
 // `verify vae --device cuda` and the CPU-vs-GPU renders run it end to end.
-std::unique_ptr<Ops> cuda_ops_float32_convolutions() {
+// A CUDA backend made with MOGAGEN_CONV=mode (nullptr: unset, the default), the variable
+// restored afterwards.
+std::unique_ptr<Ops> cuda_ops_with_conv(const char* mode) {
+  struct Restore {  // also when make_cuda_ops throws (a bad value)
+    bool had;
+    std::string value;
+    ~Restore() {
+      if (had)
+        ::setenv("MOGAGEN_CONV", value.c_str(), 1);
+      else
+        ::unsetenv("MOGAGEN_CONV");
+    }
+  };
   const char* old = std::getenv("MOGAGEN_CONV");
-  const std::string saved = old ? old : "";
-  ::setenv("MOGAGEN_CONV", "cudnn", 1);
-  std::unique_ptr<Ops> ops = make_cuda_ops(0);
-  if (old)
-    ::setenv("MOGAGEN_CONV", saved.c_str(), 1);
+  const Restore restore{old != nullptr, old ? old : ""};
+  if (mode)
+    ::setenv("MOGAGEN_CONV", mode, 1);
   else
     ::unsetenv("MOGAGEN_CONV");
-  return ops;
+  return make_cuda_ops(0);
 }
+std::unique_ptr<Ops> cuda_ops_float32_convolutions() { return cuda_ops_with_conv("cudnn"); }
 
 struct Backends {
   std::unique_ptr<Ops> cpu = make_cpu_ops();
@@ -414,16 +425,7 @@ TEST(CudaOps, Norms) {
 TEST(CudaOps, Conv3dChannelsLast) {
   REQUIRE_CUDA();
   Backends b;
-  const char* old = std::getenv("MOGAGEN_CONV");
-  const std::string saved = old ? old : "";
-  ::setenv("MOGAGEN_CONV", "bf16-ndhwc", 1);
-  std::unique_ptr<Ops> cl = make_cuda_ops(0);
-  ::setenv("MOGAGEN_CONV", "bf16", 1);
-  std::unique_ptr<Ops> cf = make_cuda_ops(0);
-  if (old)
-    ::setenv("MOGAGEN_CONV", saved.c_str(), 1);
-  else
-    ::unsetenv("MOGAGEN_CONV");
+  std::unique_ptr<Ops> cl = cuda_ops_with_conv("bf16-ndhwc"), cf = cuda_ops_with_conv("bf16");
   struct Case {
     int64_t ci, t, h, w, co, kt, kh, kw;
     int pt, ph, pw;
@@ -890,14 +892,9 @@ TEST(CudaOps, CacheTailIsTheHeldComposition) {
 TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
   REQUIRE_CUDA();
   Backends b;  // b.gpu: float32 data through cuDNN
-  ::setenv("MOGAGEN_CONV", "im2col", 1);
-  std::unique_ptr<Ops> im2col = make_cuda_ops(0);
-  ::setenv("MOGAGEN_CONV", "bf16", 1);
-  std::unique_ptr<Ops> bf16 = make_cuda_ops(0);
-  ::setenv("MOGAGEN_CONV", "winograd", 1);
-  EXPECT_THROW(make_cuda_ops(0), Error);
-  ::unsetenv("MOGAGEN_CONV");
-  std::unique_ptr<Ops> by_default = make_cuda_ops(0);  // MOGAGEN_CONV unset: bf16 data
+  std::unique_ptr<Ops> im2col = cuda_ops_with_conv("im2col"), bf16 = cuda_ops_with_conv("bf16");
+  std::unique_ptr<Ops> by_default = cuda_ops_with_conv(nullptr);  // MOGAGEN_CONV unset: bf16 data
+  EXPECT_THROW(cuda_ops_with_conv("winograd"), Error);
   struct Case {
     int64_t ci, t, h, w, co, kt, kh, kw;
     int pt, ph, pw;
@@ -1025,11 +1022,7 @@ TEST(CudaOps, VideoAndCopies) {
   EXPECT_EQ(uf.dtype(), DType::F32);
   check(b.down(uf), b.cpu->upsample2x(x), 0.0, "upsample2x_for_conv, float32 convolutions");
   {
-    const char* old = std::getenv("MOGAGEN_CONV");
-    const std::string saved = old ? old : "";
-    ::unsetenv("MOGAGEN_CONV");
-    std::unique_ptr<Ops> d = make_cuda_ops(0);
-    if (old) ::setenv("MOGAGEN_CONV", saved.c_str(), 1);
+    std::unique_ptr<Ops> d = cuda_ops_with_conv(nullptr);
     const Tensor ub = d->upsample2x_for_conv(d->upload(x));
     EXPECT_EQ(ub.dtype(), DType::BF16);
     check(d->download(ub).to(DType::F32), bf16_round(b.cpu->upsample2x(x)), 0.0, "upsample2x_for_conv, bf16");
