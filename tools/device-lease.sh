@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 # run 12's recipe (docs/training.md)
 FLAGS=(--prep .train/prep --out .train/model --seed 1 --vae-seconds 240 --dit-seconds 720 --lr-decay cosine
        --moga-impl mask --masked-kernel fused --object-weight 8 --vae-object-weight 8 --uniform-t 0.4
-       --balance 0.2 --bg-shading 0.12)
+       --balance 0.2 --bg-shading 0.12 --data-reuse 2)
 
 copy_model() {
   mkdir -p "$OUT/model" &&

@@ -318,6 +318,7 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
     t_call = time.time()
     mean5, std5 = mean[None, :, None, None, None], std[None, :, None, None, None]
     done = False
+    reuse_left = 0
     while True:
         if a.dit_steps:
             if step >= a.dit_steps:
@@ -328,20 +329,25 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
             break
         if slice_seconds and time.time() - t_call > slice_seconds:
             break
-        if a.dit_preflight:  # every layout once, in order
-            shots = DIT_LAYOUTS[step % len(DIT_LAYOUTS)]
-        else:
-            shots = DIT_LAYOUTS[int(torch.randint(len(DIT_LAYOUTS), (1,), generator=gen))]
-        with torch.no_grad():
-            alpha = []
-            video, ids = shapes.sample_clips(gen, a.dit_batch, shots, a.height, a.width, device,
-                                             drop_caption=0.1, alpha_out=alpha)
-            with amp(device):
-                mu, _ = enc(video)
-            x0 = (mu.float() - mean5) / std5
-            # the loss weight: 1, plus --object-weight where the object is (the object is a few
-            # percent of the pixels, so an unweighted loss is mostly the background's)
-            obj = shapes.latent_mask(alpha[0])  # also the text-use probe's object positions
+        if reuse_left == 0:  # a new batch: drawn, rendered and encoded
+            if a.dit_preflight:  # every layout once, in order
+                shots = DIT_LAYOUTS[step % len(DIT_LAYOUTS)]
+            else:
+                shots = DIT_LAYOUTS[int(torch.randint(len(DIT_LAYOUTS), (1,), generator=gen))]
+            with torch.no_grad():
+                alpha = []
+                video, ids = shapes.sample_clips(gen, a.dit_batch, shots, a.height, a.width, device,
+                                                 drop_caption=0.1, alpha_out=alpha)
+                with amp(device):
+                    mu, _ = enc(video)
+                x0 = (mu.float() - mean5) / std5
+                # the loss weight: 1, plus --object-weight where the object is (the object is a
+                # few percent of the pixels, so an unweighted loss is mostly the background's)
+                obj = shapes.latent_mask(alpha[0])  # also the text-use probe's object positions
+            # --data-reuse: the same clips for that many steps, each with its own noise and
+            # noise levels (drawing and encoding a batch is about a quarter of a step)
+            reuse_left = 1 if a.dit_preflight else max(1, a.data_reuse)
+        reuse_left -= 1
         ctx = text.ctx(ids)
         B = x0.shape[0]
         u = torch.sigmoid(torch.randn(B, generator=dgen, device=device))
@@ -421,7 +427,8 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
             "text_encoder": "trained" if text.train else "frozen",
             "text_use_mse_gap": probes[-1][1] if probes else None,
             "text_use_object_mse_gap": probes[-1][2] if probes and len(probes[-1]) > 2 else None,
-            "object_weight": a.object_weight, "uniform_t": a.uniform_t, "bg_shading": a.bg_shading}
+            "object_weight": a.object_weight, "uniform_t": a.uniform_t, "bg_shading": a.bg_shading,
+            "data_reuse": a.data_reuse}
     return model, cfg, info, state
 
 
@@ -771,6 +778,9 @@ def main():
     ap.add_argument("--dit-batch", type=int, default=64,
                     help="clips per DiT step (run 8 at 32: 80 ms of GPU work in a 145 ms step, "
                          "bound by launching kernels, so a larger batch is nearly free)")
+    ap.add_argument("--data-reuse", type=int, default=1,
+                    help="DiT steps per drawn batch of clips (each step draws new noise; 1: a new batch "
+                         "every step, as up to run 11)")
     ap.add_argument("--dit-lr", type=float, default=6e-4,
                     help="peak learning rate of the DiT (and of the umT5 when it trains)")
     ap.add_argument("--groups", type=int, default=ARCH["dit"]["attention"]["groups"])
