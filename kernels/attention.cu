@@ -494,43 +494,20 @@ struct Sdpa::Impl {
     MG_CUDNN_CHECK(cudnnBackendExecute(handle, plan.plan, vp));
   }
 
-  // First execution of a graph with several finalized plans: each runs on the real operands
-  // and is timed; a run under 100 ms is timed again, since its first run may be largely the
-  // loading of the engine's kernels (which may compile them at runtime), while for a long
-  // call (MoGA's groups at 563,160 tokens take seconds) that share is small and a second run
-  // would cost a lot. The output is overwritten by the kept plan's run after this. The
-  // fastest becomes the plan, and the others are destroyed. (The seventh session timed
-  // first runs only, and varlen at 4k segments measured 555 TFLOP/s against 602 the session
-  // before; a choice made on load time is the likely cause.)
+  // First execution of a graph with several finalized plans: the fastest on the real
+  // operands (fastest_of) becomes the plan, and the others are destroyed; the output is
+  // overwritten by the kept plan's run after this. (The seventh session timed first runs
+  // only, and varlen at 4k segments measured 555 TFLOP/s against 602 the session before; a
+  // choice made on load time is the likely cause.)
   void pick_fastest(Plan& plan, cudnnBackendDescriptor_t vp) {
     const double t0 = now();
-    cudaEvent_t e0, e1;
-    MG_CUDA_CHECK(cudaEventCreate(&e0));
-    MG_CUDA_CHECK(cudaEventCreate(&e1));
     std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> all{{plan.plan, plan.workspace}};
     all.insert(all.end(), plan.candidates.begin(), plan.candidates.end());
     plan.candidates.clear();
-    size_t best = 0;
     float best_ms = -1.0f;
-    auto timed = [&](cudnnBackendDescriptor_t p, float& ms) {
-      MG_CUDA_CHECK(cudaEventRecord(e0, stream));
-      const cudnnStatus_t st = cudnnBackendExecute(handle, p, vp);
-      MG_CUDA_CHECK(cudaEventRecord(e1, stream));
-      MG_CUDA_CHECK(cudaEventSynchronize(e1));
-      MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      return st;
-    };
-    for (size_t i = 0; i < all.size(); ++i) {
-      float ms = 0.0f;
-      cudnnStatus_t st = timed(all[i].first, ms);
-      if (st == CUDNN_STATUS_SUCCESS && ms < 100.0f) st = timed(all[i].first, ms);
-      if (st == CUDNN_STATUS_SUCCESS && (best_ms < 0.0f || ms < best_ms)) {
-        best_ms = ms;
-        best = i;
-      }
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
+    const size_t best = fastest_of(
+        all.size(), stream,
+        [&](size_t i) { return cudnnBackendExecute(handle, all[i].first, vp) == CUDNN_STATUS_SUCCESS; }, &best_ms);
     for (size_t i = 0; i < all.size(); ++i)
       if (i != best) cudnnBackendDestroyDescriptor(all[i].first);
     plan.plan = all[best].first;

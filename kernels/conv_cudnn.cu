@@ -204,29 +204,19 @@ bool CudnnConv3d::Impl::run(DeviceMemory& mem, const void* x, const void* w, voi
       throw device_error("cudnnConvolutionForward (" + shape_str(key) + "): " + cudnnGetErrorString(st));
   };
   if (!p->candidates.empty()) {
-    // First call of this shape: run every admissible algorithm twice on these operands, the
-    // second run timed (the heuristics' first pick is not always the fastest; a first run
-    // includes loading kernels), keep the fastest, and run it last so that y is its result.
-    cudaEvent_t e0, e1;
-    MG_CUDA_CHECK(cudaEventCreate(&e0));
-    MG_CUDA_CHECK(cudaEventCreate(&e1));
+    // First call of this shape: every admissible algorithm on these operands (the
+    // heuristics' first pick is not always the fastest), the fastest kept and run last so
+    // that y is its result.
     float best = -1.0f;
-    for (const auto& [algo, bytes] : p->candidates) {
-      run_algo(algo, bytes);  // untimed: loads the algorithm's kernels
-      MG_CUDA_CHECK(cudaEventRecord(e0, stream));
-      run_algo(algo, bytes);
-      MG_CUDA_CHECK(cudaEventRecord(e1, stream));
-      MG_CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0.0f;
-      MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      if (best < 0.0f || ms < best) {
-        best = ms;
-        p->algo = algo;
-        p->workspace = bytes;
-      }
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
+    const size_t i = fastest_of(
+        p->candidates.size(), stream,
+        [&](size_t k) {
+          run_algo(p->candidates[k].first, p->candidates[k].second);
+          return true;
+        },
+        &best);
+    p->algo = p->candidates[i].first;
+    p->workspace = p->candidates[i].second;
     log_debug("cuDNN conv3d " + shape_str(key) + ": algo " + std::to_string(int(p->algo)) +
               " fastest of " + std::to_string(p->candidates.size()) + " (" + std::to_string(best) + " ms)");
     p->candidates.clear();

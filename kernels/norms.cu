@@ -6,23 +6,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/block_sum.cuh"
 #include "kernels/kernels.cuh"
 
 namespace mg {
 namespace cuda {
 namespace {
 
-// Sum over the block; every thread gets the result. `sh` holds >= 32 floats.
-__device__ __forceinline__ float block_sum(float v, float* sh) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  __syncthreads();  // sh may still be read from a previous call
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  v = lane < nw ? sh[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
@@ -121,7 +111,7 @@ __global__ void layer_norm_vec_kernel(const float* __restrict__ x, const float* 
 // and layer_norm_kernel runs.
 int layer_norm_vec_width(int64_t d, const void* const* ptrs, int n) {
   for (int i = 0; i < n; ++i)
-    if (ptrs[i] && reinterpret_cast<uintptr_t>(ptrs[i]) % 16) return 0;
+    if (ptrs[i] && !aligned16(ptrs[i])) return 0;
   if (d % 4) return 0;
   for (int v = 1; v <= 8; ++v) {
     if ((d / 4) % v) continue;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/block_sum.cuh"
 #include "kernels/kernels.cuh"
 
 namespace mg {
@@ -33,17 +34,6 @@ __device__ __forceinline__ float2 pair(const __nv_bfloat162* r, int64_t p) {
   return __bfloat1622float2(r[p]);
 }
 
-// The block's sum of s, for every thread (one use per kernel: sh is not reused).
-__device__ __forceinline__ float row_sum(float s, float* sh) {
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  if (lane == 0) sh[warp] = s;
-  __syncthreads();
-  s = lane < nw ? sh[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return s;
-}
-
 // Pair: float2 (a float32 row) or __nv_bfloat162 (a bf16 row from linear_compact).
 // Rotate false: the RMSNorm alone (the cross-attention's q; cs and sn unused).
 template <typename Pair, bool Rotate>
@@ -60,7 +50,7 @@ __global__ void rms_norm_rope_kernel(const Pair* __restrict__ x, const float* __
     const float2 v = pair(r, p);
     s += v.x * v.x + v.y * v.y;
   }
-  const float inv = 1.0f / sqrtf(row_sum(s, sh) / static_cast<float>(d) + eps);
+  const float inv = 1.0f / sqrtf(block_sum(s, sh) / static_cast<float>(d) + eps);
   const float* c = Rotate ? cs + n * half : nullptr;
   const float* sv = Rotate ? sn + n * half : nullptr;
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
@@ -111,7 +101,7 @@ __global__ void rms_norm_rope_vec_kernel(const Pair* __restrict__ x, const float
 #pragma unroll
     for (int i = 0; i < 8; i += 2) s += f[k][i] * f[k][i] + f[k][i + 1] * f[k][i + 1];
   }
-  const float inv = 1.0f / sqrtf(row_sum(s, sh) / static_cast<float>(d) + eps);
+  const float inv = 1.0f / sqrtf(block_sum(s, sh) / static_cast<float>(d) + eps);
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     const int64_t g = threadIdx.x + k * blockDim.x;  // group of pairs 4g .. 4g + 3
@@ -140,7 +130,7 @@ __global__ void rms_norm_rope_vec_kernel(const Pair* __restrict__ x, const float
 // V for rms_norm_rope_vec_kernel (0: the scalar kernel runs).
 int rms_norm_rope_vec_width(int64_t d, int64_t half, bool rotate, const void* const* ptrs, int np) {
   for (int i = 0; i < np; ++i)
-    if (ptrs[i] && reinterpret_cast<uintptr_t>(ptrs[i]) % 16) return 0;
+    if (ptrs[i] && !aligned16(ptrs[i])) return 0;
   if (d % 8 || (rotate && half % 4)) return 0;
   for (int v = 1; v <= 4; ++v) {
     if ((d / 8) % v) continue;

@@ -310,31 +310,13 @@ class Gemm {
   static constexpr int kMaxAlgos = 6;
   static constexpr size_t kMaxPickScratch = size_t(1) << 30;
 
-  // First call of an entry with several algorithms: each runs twice through `launch` (the
-  // first run untimed: it loads the kernels; launch must be repeatable), the fastest becomes
-  // the entry's algorithm. The heuristics' first pick is not always the fastest.
+  // First call of an entry with several algorithms: the fastest through `launch`
+  // (fastest_of; launch must be repeatable) becomes the entry's algorithm. The heuristics'
+  // first pick is not always the fastest.
   template <typename Launch>
   void pick(Entry& e, Launch&& launch) {
-    cudaEvent_t e0, e1;
-    MG_CUDA_CHECK(cudaEventCreate(&e0));
-    MG_CUDA_CHECK(cudaEventCreate(&e1));
-    float best = -1.0f;
-    size_t bi = 0;
-    for (size_t i = 0; i < e.candidates.size(); ++i) {
-      if (launch(e.candidates[i]) != CUBLAS_STATUS_SUCCESS) continue;
-      MG_CUDA_CHECK(cudaEventRecord(e0, stream_));
-      const cublasStatus_t st = launch(e.candidates[i]);
-      MG_CUDA_CHECK(cudaEventRecord(e1, stream_));
-      MG_CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0.0f;
-      MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      if (st == CUBLAS_STATUS_SUCCESS && (best < 0.0f || ms < best)) {
-        best = ms;
-        bi = i;
-      }
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
+    const size_t bi = fastest_of(e.candidates.size(), stream_,
+                                 [&](size_t i) { return launch(e.candidates[i]) == CUBLAS_STATUS_SUCCESS; });
     e.algo = e.candidates[bi];
     e.candidates.clear();
   }
@@ -1265,46 +1247,40 @@ class CudaOps final : public Ops {
 
   Tensor conv3d_after(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
                       int pad_t_front, int pad_h, int pad_w) override {
+    Tensor y = conv3d_after_bf16(front, x, w, b, pad_t_front, pad_h, pad_w, nullptr);
+    return y.defined() ? y : Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+  }
+
+  Tensor conv3d_after_add(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
+                          int pad_t_front, int pad_h, int pad_w, const Tensor& residual) override {
+    Tensor y = conv3d_after_bf16(front, x, w, b, pad_t_front, pad_h, pad_w, &residual);
+    return y.defined() ? y : Ops::conv3d_after_add(front, x, w, b, pad_t_front, pad_h, pad_w, residual);
+  }
+
+  // conv3d_after (+ residual: a float32 device tensor of the output's shape) through the
+  // bf16 convolutions, [front, x] assembled once; undefined, having done nothing, where that
+  // path does not apply (float32 convolutions, no front, shapes it does not take, no cuDNN
+  // algorithm): the caller then runs the composition.
+  Tensor conv3d_after_bf16(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
+                           int pad_t_front, int pad_h, int pad_w, const Tensor* residual) {
     bind();
     if (!(conv_bf16_ && use_cudnn_ && cudnn_conv_) || !front.defined() || w.dtype() != DType::F32 ||
         front.ndim() != 4 || x.ndim() != 4 || w.ndim() != 5 || front.dim(0) != x.dim(0) ||
-        front.dim(2) != x.dim(2) || front.dim(3) != x.dim(3) || w.dim(1) != x.dim(0))
-      return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+        front.dim(2) != x.dim(2) || front.dim(3) != x.dim(3) || w.dim(1) != x.dim(0) ||
+        (residual && (residual->dtype() != DType::F32 || residual->device().is_cpu())))
+      return Tensor();
     expect_dev(w, "conv3d_after", "w");
     const Conv3dShape s = conv_shape(x, front.dim(1) + x.dim(1), w, pad_t_front, pad_h, pad_w);
     const int64_t co = w.dim(0);
-    if (s.to <= 0 || s.ho <= 0 || s.wo <= 0) return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
+    if (s.to <= 0 || s.ho <= 0 || s.wo <= 0 || (residual && residual->shape() != Shape{co, s.to, s.ho, s.wo}))
+      return Tensor();
     Tensor bias;
     if (b) {
       bias = in_f32(*b, "conv3d_after", "b");
       if (bias.numel() != co) throw internal_error("conv3d_after: bias " + b->str() + " for " + w.str());
     }
     Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
-    if (conv3d_bf16(front, x, w, b ? &bias : nullptr, s, co, y)) return y;
-    return Ops::conv3d_after(front, x, w, b, pad_t_front, pad_h, pad_w);
-  }
-
-  Tensor conv3d_after_add(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* b,
-                          int pad_t_front, int pad_h, int pad_w, const Tensor& residual) override {
-    bind();
-    if (!(conv_bf16_ && use_cudnn_ && cudnn_conv_) || !front.defined() || w.dtype() != DType::F32 ||
-        front.ndim() != 4 || x.ndim() != 4 || w.ndim() != 5 || front.dim(0) != x.dim(0) ||
-        front.dim(2) != x.dim(2) || front.dim(3) != x.dim(3) || w.dim(1) != x.dim(0) ||
-        residual.dtype() != DType::F32 || residual.device().is_cpu())
-      return Ops::conv3d_after_add(front, x, w, b, pad_t_front, pad_h, pad_w, residual);
-    expect_dev(w, "conv3d_after_add", "w");
-    const Conv3dShape s = conv_shape(x, front.dim(1) + x.dim(1), w, pad_t_front, pad_h, pad_w);
-    const int64_t co = w.dim(0);
-    if (s.to <= 0 || s.ho <= 0 || s.wo <= 0 || residual.shape() != Shape{co, s.to, s.ho, s.wo})
-      return Ops::conv3d_after_add(front, x, w, b, pad_t_front, pad_h, pad_w, residual);
-    Tensor bias;
-    if (b) {
-      bias = in_f32(*b, "conv3d_after_add", "b");
-      if (bias.numel() != co) throw internal_error("conv3d_after_add: bias " + b->str() + " for " + w.str());
-    }
-    Tensor y = alloc({co, s.to, s.ho, s.wo}, DType::F32);
-    if (conv3d_bf16(front, x, w, b ? &bias : nullptr, s, co, y, &residual)) return y;
-    return Ops::conv3d_after_add(front, x, w, b, pad_t_front, pad_h, pad_w, residual);
+    return conv3d_bf16(front, x, w, b ? &bias : nullptr, s, co, y, residual) ? y : Tensor();
   }
 
   // The convolution of an input of x's channels and frame size and t frames with w.
