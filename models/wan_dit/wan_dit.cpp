@@ -601,8 +601,9 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
                        const std::vector<int>& shots_in, AttentionMode mode) {
   // Inputs.
   if (!x_in.defined()) throw input_error("DiT forward: no latent given");
-  Tensor x = x_in.device().is_cpu() ? x_in : ops_.download(x_in);
-  if (x.dtype() != DType::F32) x = x.to(DType::F32);
+  // a latent already on the backend stays there (patchify reads it as it is)
+  Tensor x = x_in;
+  if (x.device().is_cpu() && x.dtype() != DType::F32) x = x.to(DType::F32);
   const int pt = cfg_.patch[0], ph = cfg_.patch[1], pw = cfg_.patch[2];
   if (x.ndim() != 4 || x.dim(0) != cfg_.in_dim || x.dim(1) % pt || x.dim(2) % ph ||
       x.dim(3) % pw || x.numel() == 0)
@@ -648,7 +649,8 @@ Tensor WanDit::forward(const Tensor& x_in, double t, const TextCache& text,
   Tensor e0 = ops_.linear(ops_.silu(e), tproj_w, &tproj_b);               // [1, 6d]
 
   // Patchify (step 1) and RoPE tables.
-  Tensor xs = ops_.linear(ops_.patchify(ops_.upload(x), pt, ph, pw), patch_w, &patch_b);  // [N, d]
+  Tensor xs = ops_.linear(ops_.patchify(x.device().is_cpu() ? ops_.upload(x) : x, pt, ph, pw), patch_w,
+                          &patch_b);  // [N, d]
   Tensor rcos, rsin;
   rope_tables(g, rcos, rsin);
   WindowPlan wp;
