@@ -486,4 +486,7 @@ TEST(CpuOps, PatchifyLayouts) {
                 }
               }
   EXPECT_EQ(checked, C * T * h * w);
+  // shapes that are not whole patches, or a head output of the wrong size, are refused
+  EXPECT_THROW(ops->patchify(Tensor::zeros({C, T, h + 1, w}), pt, ph, pw), Error);
+  EXPECT_THROW(ops->unpatchify(Tensor::zeros({F * H * W + 1, C * P}), C, F, H, W, pt, ph, pw), Error);
 }

@@ -1009,6 +1009,7 @@ TEST(CudaOps, PatchifyAndUnpatchify) {
     check(b.down(v), b.cpu->unpatchify(y, k.c, F, H, W, k.pt, k.ph, k.pw), 0.0, "unpatchify");
   }
   EXPECT_THROW(b.gpu->patchify(b.up(randn({2, 3, 5, 4}, 142)), 1, 2, 2), Error);  // 5 rows: not whole patches
+  EXPECT_THROW(b.gpu->unpatchify(b.up(randn({7, 16}, 143)), 4, 1, 2, 3, 1, 2, 2), Error);  // 7 tokens, not 6
 }
 
 TEST(CudaOps, VideoAndCopies) {

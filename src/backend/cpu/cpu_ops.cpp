@@ -146,6 +146,8 @@ class CpuOps final : public Ops {
 
   Tensor patchify(const Tensor& x, int pt, int ph, int pw) override {
     expect_f32(x, "patchify", "x");
+    if (x.ndim() != 4 || pt <= 0 || ph <= 0 || pw <= 0 || x.dim(1) % pt || x.dim(2) % ph || x.dim(3) % pw)
+      throw internal_error("patchify: x " + x.str() + " is not whole patches");
     const int64_t C = x.dim(0), T = x.dim(1), h = x.dim(2), w = x.dim(3);
     const int64_t F = T / pt, H = h / ph, W = w / pw, P = int64_t(pt) * ph * pw, D = C * P;
     Tensor out = Tensor::empty({F * H * W, D});
@@ -168,6 +170,9 @@ class CpuOps final : public Ops {
                     int pw) override {
     expect_f32(yv, "unpatchify", "y");
     const int64_t P = int64_t(pt) * ph * pw, D = C * P, T = F * pt, h = H * ph, w = W * pw;
+    if (yv.ndim() != 2 || yv.dim(0) != F * H * W || yv.dim(1) != D)
+      throw internal_error("unpatchify: y " + yv.str() + " is not [" + std::to_string(F * H * W) + ", " +
+                           std::to_string(D) + "]");
     Tensor out = Tensor::empty({C, T, h, w});
     const float* src = yv.f32();
     float* dst = out.f32();
