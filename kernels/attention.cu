@@ -10,6 +10,8 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 
@@ -174,8 +176,22 @@ struct Plan {
 };
 
 // Engine configurations kept per graph for the first execution to time (the heuristics'
-// first is not always the fastest).
-constexpr size_t kMaxPlanCandidates = 4;
+// first is not always the fastest). MOGAGEN_SDPA_CANDIDATES=N (1 to 8) changes the count;
+// 1 keeps the heuristics' first without timing anything.
+size_t max_plan_candidates() {
+  static const size_t n = [] {
+    const char* e = std::getenv("MOGAGEN_SDPA_CANDIDATES");
+    if (!e || !*e) return size_t{4};
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    if (*end != '\0' || v < 1 || v > 8) {
+      log_warning(std::string("MOGAGEN_SDPA_CANDIDATES='") + e + "' is not a count from 1 to 8; using 4");
+      return size_t{4};
+    }
+    return static_cast<size_t>(v);
+  }();
+  return n;
+}
 
 class GraphBuilder {
  public:
@@ -290,7 +306,7 @@ class GraphBuilder {
 // Key: ragged, B, Sq, Skv, H, D.
 using PlanKey = std::array<int64_t, 6>;
 
-// Builds the SDPA graph and up to kMaxPlanCandidates execution plans that finalize (the
+// Builds the SDPA graph and up to max_plan_candidates() execution plans that finalize (the
 // heuristics' order; the first execution times them). Throws CudnnFailure.
 void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
   const bool ragged = key[0] != 0;
@@ -408,7 +424,7 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
       } else {
         plan.candidates.emplace_back(p, ws);
       }
-      if (plan.candidates.size() + 1 >= kMaxPlanCandidates) break;
+      if (plan.candidates.size() + 1 >= max_plan_candidates()) break;
     }
     if (plan.ok) return;  // the fallback heuristics only where mode A gave nothing
   }
@@ -431,6 +447,52 @@ struct Sdpa::Impl {
 
   int64_t plans_built = 0;
   double plan_seconds = 0;  // building plans and timing their candidates (host clock)
+
+  // Pinned staging for the ragged calls' offsets and lengths: a cudaMemcpyAsync from
+  // pageable memory synchronizes the stream before it copies (CUDA runtime API, "API
+  // synchronization behavior"), which stalled the host at every ragged call, three per MoGA
+  // block. Slots are reused round-robin; a slot's event marks its last copy as consumed.
+  struct Staging {
+    static constexpr size_t kSlots = 16, kSlotBytes = size_t{32} << 10;
+    char* host = nullptr;
+    cudaEvent_t done[kSlots] = {};
+    size_t next = 0;
+    bool tried = false;
+    Staging() = default;
+    Staging(const Staging&) = delete;
+    Staging& operator=(const Staging&) = delete;
+    ~Staging() {
+      if (!host) return;
+      for (cudaEvent_t e : done)
+        if (e) cudaEventDestroy(e);
+      cudaFreeHost(host);
+    }
+  } staging;
+
+  void upload(void* dst, const void* src, size_t bytes) {
+    if (!staging.tried) {
+      staging.tried = true;
+      void* h = nullptr;
+      if (cudaMallocHost(&h, Staging::kSlots * Staging::kSlotBytes) == cudaSuccess) {
+        staging.host = static_cast<char*>(h);
+        for (cudaEvent_t& e : staging.done)
+          MG_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      } else {
+        cudaGetLastError();  // no pinned memory: the pageable copies below still work
+      }
+    }
+    if (!staging.host || bytes > Staging::kSlotBytes) {
+      MG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+      return;
+    }
+    const size_t i = staging.next;
+    staging.next = (i + 1) % Staging::kSlots;
+    MG_CUDA_CHECK(cudaEventSynchronize(staging.done[i]));  // at once if never recorded
+    char* h = staging.host + i * Staging::kSlotBytes;
+    std::memcpy(h, src, bytes);
+    MG_CUDA_CHECK(cudaMemcpyAsync(dst, h, bytes, cudaMemcpyHostToDevice, stream));
+    MG_CUDA_CHECK(cudaEventRecord(staging.done[i], stream));
+  }
   static double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   }
@@ -563,8 +625,10 @@ bool Sdpa::ragged(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const
   if (!plan) return false;
   // Device side: off_q[B+1], off_k[B+1] (int64 element offsets), seq_q[B], seq_kv[B] (int32).
   const size_t n64 = static_cast<size_t>(2 * (B + 1)), n32 = static_cast<size_t>(2 * B);
-  std::vector<int64_t> host64(n64);
-  std::vector<int32_t> host32(n32);
+  const size_t bytes = n64 * sizeof(int64_t) + n32 * sizeof(int32_t);
+  std::vector<int64_t> host((bytes + sizeof(int64_t) - 1) / sizeof(int64_t));
+  int64_t* host64 = host.data();
+  int32_t* host32 = reinterpret_cast<int32_t*>(host64 + n64);
   int64_t oq = 0, ok = 0;
   for (int64_t i = 0; i <= B; ++i) {
     host64[i] = oq * h * d;
@@ -576,12 +640,9 @@ bool Sdpa::ragged(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const
       host32[B + i] = static_cast<int32_t>(lk[i]);
     }
   }
-  auto meta = mem.scratch(n64 * sizeof(int64_t) + n32 * sizeof(int32_t));
+  auto meta = mem.scratch(bytes);
   char* mp = static_cast<char*>(meta.get());
-  MG_CUDA_CHECK(cudaMemcpyAsync(mp, host64.data(), n64 * sizeof(int64_t), cudaMemcpyHostToDevice,
-                                impl_->stream));
-  MG_CUDA_CHECK(cudaMemcpyAsync(mp + n64 * sizeof(int64_t), host32.data(),
-                                n32 * sizeof(int32_t), cudaMemcpyHostToDevice, impl_->stream));
+  impl_->upload(mp, host.data(), bytes);
   int64_t* offq = reinterpret_cast<int64_t*>(mp);
   int64_t* offk = offq + (B + 1);
   int32_t* seqq = reinterpret_cast<int32_t*>(mp + n64 * sizeof(int64_t));
@@ -591,7 +652,6 @@ bool Sdpa::ragged(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const
                  {kQ, kK, kV, kO, kScale, kSeqQ, kSeqKV, kNegInf, kOffQ, kOffK, kOffV, kOffO},
                  {const_cast<uint16_t*>(q), const_cast<uint16_t*>(k), const_cast<uint16_t*>(v), o,
                   &sc, seqq, seqk, &ninf, offq, offk, offk, offq});
-  // The host vectors were staged by cudaMemcpyAsync (pageable source), so they may go now.
   return true;
 }
 

@@ -3,7 +3,7 @@
 # minutes to start a machine: few, full calls). Run from the repository root on the GPU
 # machine, with the golden sets copied to .golden/ and carried (docs/performance.md):
 #
-#   tools/device-check.sh [checks] [model] [bench] [moga] [long] [peer]      (default: checks)
+#   tools/device-check.sh [checks|verify] [model] [bench] [moga] [long] [peer]  (default: checks)
 #
 # 1. unpacks the carried Debian packages (.debs/setup.sh) where the image lacks them;
 # 2. builds mogagen, mogagen_bench and mogagen_tests with CUDA into build/ (kept while the
@@ -12,6 +12,8 @@
 #   checks  the whole test suite with the GPU tests, against .golden/; `mogagen verify
 #           <component> <set> --device cuda` on every golden set in .golden/; the same jobs
 #           rendered on the CPU and the GPU (tools/check-gpu-cpu.sh)
+#   verify  checks without the whole suite: the GPU tests alone (CudaOps.*, the umT5 policy
+#           test), then the verify commands and the renders (a minute less)
 #   model   issue 6: the model trained in .train/model copied out to $OUT/model, then the
 #           semantic tests on it (tests/test_default_model.cpp, about 3 minutes)
 #   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B and 14B DiT, the VAE with its
@@ -37,8 +39,8 @@ cd "$(dirname "$0")/.."
 parts="${*:-checks}"
 for p in $parts; do
   case "$p" in
-    checks | model | bench | moga | long | peer) ;;
-    *) echo "device-check: unknown part '$p' (expected checks, model, bench, moga, long or peer)" >&2; exit 2 ;;
+    checks | verify | model | bench | moga | long | peer) ;;
+    *) echo "device-check: unknown part '$p' (expected checks, verify, model, bench, moga, long or peer)" >&2; exit 2 ;;
   esac
 done
 want() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -78,8 +80,13 @@ if [ ! -x build/mogagen_tests ]; then
   exit "$failed"
 fi
 export MOGAGEN_GOLDEN_DIR="$PWD/.golden"
-if want checks; then
-  step "test suite (GPU tests included)" bash -c "cd build && ctest --output-on-failure -j 8 --timeout 900"
+if want checks || want verify; then
+  if want checks; then
+    step "test suite (GPU tests included)" bash -c "cd build && ctest --output-on-failure -j 8 --timeout 900"
+  else
+    step "GPU tests (CudaOps.*, UMT5.GpuMatmulPoliciesMatchCpu)" \
+      build/mogagen_tests --gtest_filter='CudaOps.*:UMT5.GpuMatmulPoliciesMatchCpu'
+  fi
   for set in .golden/*/; do
     [ -d "$set" ] || continue
     set=${set%/}

@@ -3,6 +3,7 @@
 # each one a single command for the device tool, so that the next call can be issued within
 # the 30 s before an idle machine is released:
 #
+#   OUT=$OUT tools/device-lease.sh diag      # GPU tests, verify, bench, MoGA at 8 and all layers (~480 s)
 #   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
 #   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
 #   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree on the model + device-check bench (~200 s)
@@ -28,6 +29,20 @@ copy_model() {
 }
 
 case "${1:-}" in
+  diag)
+    # the eighth session's first call: the unrun kernels checked (GPU tests, verify) and
+    # timed (bench), and the MoGA forwards diagnosed (attention_stats, the plans built, with
+    # the 14B cut to 8 layers: its 40 blocks are alike)
+    T5_POLICIES=split-qk OUT="$OUT" tools/device-check.sh verify bench >"$OUT/bench.log" 2>&1
+    mv "$OUT/device-check.txt" "$OUT/device-check-bench.txt"
+    B=(build/mogagen_bench dit --frames 120 --height 60 --width 104 --attention moga --groups 5 --iters 1 --profile on)
+    timeout 150 "${B[@]}" --model 14b --layers 8 --log verbose >"$OUT/moga14b-8.log" 2>&1
+    echo "14B MoGA, 8 layers: exit $?"
+    timeout 100 "${B[@]}" --model 1.3b >"$OUT/moga13b.log" 2>&1
+    echo "1.3B MoGA: exit $?"
+    grep -E "^== |median|decode|TFLOP/s" "$OUT/device-check-bench.txt" | cut -c1-160
+    grep -hE "median|plans built|cannot run|self-attention|moga |dit profile" "$OUT"/moga*.log | cut -c1-200
+    ;;
   train1)
     (nice -n 19 env OUT="$OUT" tools/device-check.sh checks >"$OUT/checks.log" 2>&1) &
     python3 tools/train/train.py "${FLAGS[@]}" --stages vae,dit --slice-seconds 240 >"$OUT/train1.log" 2>&1
@@ -62,7 +77,7 @@ case "${1:-}" in
     grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
     ;;
   *)
-    echo "usage: OUT=<folder> tools/device-lease.sh train1|train2|measure|moga|long" >&2
+    echo "usage: OUT=<folder> tools/device-lease.sh diag|train1|train2|measure|moga|long" >&2
     exit 2
     ;;
 esac

@@ -3,7 +3,7 @@
 //
 //   mogagen_bench dit --model 1.3b|14b [--frames 21 --height 60 --width 104] [--attention
 //                 dense|moga --groups 5 --router balanced|random] [--iters 3] [--warmup 1] [--layers N]
-//                 [--device cuda] [--profile on]
+//                 [--device cuda] [--profile on] [--log quiet|info|verbose]
 //   mogagen_bench vae [--frames 21 --height 60 --width 104] [--profile on]
 //   mogagen_bench t5 [--tokens 512] [--profile on]
 //   mogagen_bench attention [--tokens N --segment S --heads H]   (head size 128; S = 0: dense)
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "mogagen/checkpoint.h"
+#include "mogagen/log.h"
 #include "mogagen/ops.h"
 #include "models/umt5/umt5.h"
 #include "models/wan_dit/wan_dit.h"
@@ -397,6 +398,7 @@ int main(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::stoi(v);
     else if (k == "--router") a.router = v;
     else if (k == "--layers") a.layers = std::stoi(v);
+    else if (k == "--log" && (v == "quiet" || v == "info" || v == "verbose")) set_log_level(v);
     else {
       std::fprintf(stderr, "mogagen_bench: unknown option %s\n", k.c_str());
       return 2;
