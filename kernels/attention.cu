@@ -165,6 +165,11 @@ struct Plan {
   // Other finalized execution plans of the heuristics' list, with their workspace, until
   // the first execution has timed them against `plan` (then the fastest is `plan`).
   std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> candidates;
+  // Positions in the heuristics' (mode A) list of `plan` and of each candidate; -1: not
+  // from that list.
+  std::vector<int64_t> positions;
+  std::array<int64_t, 3> family{};  // ragged, H, D
+  bool sets_family = false;          // the first of its family: records its choice once run
   Plan() = default;
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
@@ -305,10 +310,18 @@ class GraphBuilder {
 
 // Key: ragged, B, Sq, Skv, H, D.
 using PlanKey = std::array<int64_t, 6>;
+// A family of graphs that differ only in B, Sq and Skv: ragged, H, D. Its members rank the
+// same engine configurations alike, so the one timed fastest for the first member is the
+// only one built for the others (MoGA's groups change length at every block and step, and
+// building and timing every candidate took 1 to 2.5 s a shape at 40 heads).
+using FamilyKey = std::array<int64_t, 3>;
+FamilyKey family_of(const PlanKey& k) { return {k[0], k[4], k[5]}; }
 
 // Builds the SDPA graph and up to max_plan_candidates() execution plans that finalize (the
-// heuristics' order; the first execution times them). Throws CudnnFailure.
-void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
+// heuristics' order; the first execution times them). With `preferred` >= 0, only the
+// configuration at that position of the heuristics' list, if it finalizes (else as
+// without). Throws CudnnFailure.
+void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, int64_t preferred) {
   const bool ragged = key[0] != 0;
   const int64_t B = key[1], Sq = key[2], Skv = key[3], H = key[4], D = key[5];
   GraphBuilder g(plan);
@@ -381,6 +394,7 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
 
   std::string reasons;
   for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+    const bool list_a = mode == CUDNN_HEUR_MODE_A;
     auto heur = g.create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
     g.set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
     g.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
@@ -398,7 +412,14 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
                                  CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &returned,
                                  cfgs.data()) != CUDNN_STATUS_SUCCESS)
       continue;
-    for (int64_t i = 0; i < std::min(returned, count); ++i) {
+    const int64_t n_cfg = std::min(returned, count);
+    // the family's choice first, alone; the whole list only if it does not finalize
+    std::vector<int64_t> order;
+    if (list_a && preferred >= 0 && preferred < n_cfg) order.push_back(preferred);
+    for (int64_t i = 0; i < n_cfg; ++i) order.push_back(i);
+    for (size_t oi = 0; oi < order.size(); ++oi) {
+      const int64_t i = order[oi];
+      if (oi > 0 && i == order[0] && order.size() > static_cast<size_t>(n_cfg)) continue;  // tried
       cudnnBackendDescriptor_t p = nullptr;
       MG_CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p));
       cudnnStatus_t st = cudnnBackendSetAttribute(p, kPlanHandleAttr, CUDNN_TYPE_HANDLE, 1, &handle);
@@ -424,6 +445,8 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key) {
       } else {
         plan.candidates.emplace_back(p, ws);
       }
+      plan.positions.push_back(list_a ? i : -1);
+      if (order.size() > static_cast<size_t>(n_cfg) && oi == 0) break;  // the family's choice
       if (plan.candidates.size() + 1 >= max_plan_candidates()) break;
     }
     if (plan.ok) return;  // the fallback heuristics only where mode A gave nothing
@@ -438,6 +461,9 @@ struct Sdpa::Impl {
   cudaStream_t stream;
   LazyCudnnHandle cudnn;  // declared first: destroyed after the plans that use it
   std::map<PlanKey, std::unique_ptr<Plan>> cache;
+  // The position (in the heuristics' list) of the configuration timed fastest for the
+  // first graph of each family (FamilyKey).
+  std::map<FamilyKey, int64_t> family_choice;
 
   bool ready() {
     handle = cudnn.get();
@@ -511,11 +537,15 @@ struct Sdpa::Impl {
       }
     } count{*this, t0};
     try {
-      build_plan(handle, *p, key);
+      const auto fc = family_choice.find(family_of(key));
+      p->family = family_of(key);
+      p->sets_family = fc == family_choice.end();
+      build_plan(handle, *p, key, fc == family_choice.end() ? -1 : fc->second);
       log_debug("cuDNN SDPA plan built: " + std::string(key[0] ? "ragged" : "dense") +
                 " B=" + std::to_string(key[1]) + " Sq=" + std::to_string(key[2]) +
                 " Skv=" + std::to_string(key[3]) + " H=" + std::to_string(key[4]) +
-                " D=" + std::to_string(key[5]) + " workspace=" + std::to_string(p->workspace));
+                " D=" + std::to_string(key[5]) + " workspace=" + std::to_string(p->workspace) +
+                " configurations=" + std::to_string(1 + p->candidates.size()));
     } catch (const CudnnFailure& f) {
       log_warning("cuDNN SDPA cannot run " + std::string(key[0] ? "ragged" : "dense") +
                   " B=" + std::to_string(key[1]) + " Sq=" + std::to_string(key[2]) +
@@ -553,6 +583,11 @@ struct Sdpa::Impl {
                                             CUDNN_TYPE_VOID_PTR, 1, &wsp));
     MG_CUDNN_CHECK(cudnnBackendFinalize(vp));
     if (!plan.candidates.empty()) pick_fastest(plan, vp);
+    if (plan.sets_family) {  // the first of its family: its configuration is the family's
+      if (!plan.positions.empty() && plan.positions.front() >= 0)
+        family_choice.emplace(plan.family, plan.positions.front());
+      plan.sets_family = false;
+    }
     MG_CUDNN_CHECK(cudnnBackendExecute(handle, plan.plan, vp));
   }
 
@@ -574,6 +609,7 @@ struct Sdpa::Impl {
       if (i != best) cudnnBackendDestroyDescriptor(all[i].first);
     plan.plan = all[best].first;
     plan.workspace = all[best].second;
+    if (best < plan.positions.size()) plan.positions = {plan.positions[best]};
     plan_seconds += now() - t0;
     log_debug("cuDNN SDPA: engine configuration " + std::to_string(best) + " of " +
               std::to_string(all.size()) + " is the fastest (" + std::to_string(best_ms) + " ms)");
@@ -601,12 +637,14 @@ bool Sdpa::dense(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const 
 }
 
 // Round a maximum segment length up so that plans are shared between calls whose segments
-// differ slightly (MoGA groups change every step): granularity 1/16 of the next power of two,
-// at least 64.
+// differ slightly (MoGA groups change every block and step): granularity 1/8 of the next
+// power of two, at least 64. The plan's length only bounds the grid (each segment's own
+// length comes with the call), so a rounded-up length adds at most a quarter more query
+// tiles, which find no rows and end at once.
 static int64_t bucket_len(int64_t s) {
   int64_t p = 1;
   while (p < s) p <<= 1;
-  const int64_t g = std::max<int64_t>(64, p / 16);
+  const int64_t g = std::max<int64_t>(64, p / 8);
   return (s + g - 1) / g * g;
 }
 

@@ -417,7 +417,7 @@ TEST(CudaOps, Norms) {
   }
 }
 
-// MOGAGEN_CONV=bf16-ndhwc: the bf16 convolution on channels-last copies (input assembled
+// MOGAGEN_CONV=bf16-ndhwc (the default): the bf16 convolution on channels-last copies (input assembled
 // and output widened by transposing passes, the weight reordered once). The same arithmetic
 // as the channels-first bf16 path: the float32 convolution of the bf16-rounded operands,
 // rounded to bf16 before the bias; with a cached front and with a residual. Channel counts
@@ -893,7 +893,7 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
   REQUIRE_CUDA();
   Backends b;  // b.gpu: float32 data through cuDNN
   std::unique_ptr<Ops> im2col = cuda_ops_with_conv("im2col"), bf16 = cuda_ops_with_conv("bf16");
-  std::unique_ptr<Ops> by_default = cuda_ops_with_conv(nullptr);  // MOGAGEN_CONV unset: bf16 data
+  std::unique_ptr<Ops> by_default = cuda_ops_with_conv(nullptr);  // MOGAGEN_CONV unset: bf16-ndhwc
   EXPECT_THROW(cuda_ops_with_conv("winograd"), Error);
   struct Case {
     int64_t ci, t, h, w, co, kt, kh, kw;
@@ -926,8 +926,9 @@ TEST(CudaOps, Conv3dCudnnAndIm2colAgree) {
     // the weight's bf16 copy is kept: a second call gives the same values
     const Tensor h2 = bf16->download(bf16->conv3d(bf16->upload(x), hw, &hb, c.pt, c.ph, c.pw));
     EXPECT_EQ(rel_error(h2, h), 0.0);
-    // unset MOGAGEN_CONV is the bf16 path (another backend instance may time its way to
-    // another algorithm, so the values are compared within bf16's rounding)
+    // unset MOGAGEN_CONV is the bf16 arithmetic, on channels-last copies (another backend
+    // instance may time its way to another algorithm, so the values are compared within
+    // bf16's rounding)
     const Tensor dw = by_default->weight(w, true), db = by_default->weight(bias, true);
     check(by_default->download(by_default->conv3d(by_default->upload(x), dw, &db, c.pt, c.ph, c.pw)), ref16, 4e-3,
           "conv3d, MOGAGEN_CONV unset");

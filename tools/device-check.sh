@@ -99,7 +99,7 @@ if want checks || want verify; then
         step "verify $comp $name --device cuda" build/mogagen verify "$comp" "$set" --device cuda
       fi
     done
-    # the other precisions users can choose (the defaults are split-qk and bf16 convolutions)
+    # the other precisions users can choose (the defaults are split-qk and bf16 channels-last convolutions)
     if [ -d "$set/t5" ]; then
       step "verify t5 $name --device cuda, MOGAGEN_T5_MATMUL=tf32-except-qk" \
         env MOGAGEN_T5_MATMUL=tf32-except-qk build/mogagen verify t5 "$set" --device cuda
@@ -107,8 +107,8 @@ if want checks || want verify; then
     if [ -d "$set/vae" ]; then
       step "verify vae $name --device cuda, MOGAGEN_CONV=cudnn (float32 data)" \
         env MOGAGEN_CONV=cudnn build/mogagen verify vae "$set" --device cuda
-      step "verify vae $name --device cuda, MOGAGEN_CONV=bf16-ndhwc (channels last)" \
-        env MOGAGEN_CONV=bf16-ndhwc build/mogagen verify vae "$set" --device cuda
+      step "verify vae $name --device cuda, MOGAGEN_CONV=bf16 (channels first)" \
+        env MOGAGEN_CONV=bf16 build/mogagen verify vae "$set" --device cuda
     fi
   done
   step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
@@ -138,8 +138,8 @@ if want bench; then
   done
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3 --profile on
   step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3 --profile on
-  step "bench VAE (bf16 convolutions, the default)" build/mogagen_bench vae --profile on
-  step "bench VAE, MOGAGEN_CONV=bf16-ndhwc (channels last)" env MOGAGEN_CONV=bf16-ndhwc build/mogagen_bench vae --profile on
+  step "bench VAE (bf16 convolutions on channels-last copies, the default)" build/mogagen_bench vae --profile on
+  step "bench VAE, MOGAGEN_CONV=bf16 (channels first)" env MOGAGEN_CONV=bf16 build/mogagen_bench vae --profile on
   step "bench VAE, MOGAGEN_CONV=cudnn (float32 data)" env MOGAGEN_CONV=cudnn build/mogagen_bench vae --profile on
   step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
 fi

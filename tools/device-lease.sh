@@ -4,6 +4,7 @@
 # the 30 s before an idle machine is released:
 #
 #   OUT=$OUT tools/device-lease.sh diag      # GPU tests, verify, bench, MoGA at 8 and all layers (~480 s)
+#   OUT=$OUT tools/device-lease.sh issue5    # GPU tests, then MoGA and dense at 187,200 tokens (~420 s)
 #   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
 #   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
 #   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree on the model + device-check bench (~200 s)
@@ -43,6 +44,18 @@ case "${1:-}" in
     grep -E "^== |median|decode|TFLOP/s" "$OUT/device-check-bench.txt" | cut -c1-160
     grep -hE "median|plans built|cannot run|self-attention|moga |dit profile" "$OUT"/moga*.log | cut -c1-200
     ;;
+  issue5)
+    # the GPU tests for what changed since diag, then issue 5 at 187,200 tokens (moga:
+    # 14B and 1.3B MoGA, both dense forwards); the 1.3B dense forward at 32,760 tokens with
+    # one cuDNN configuration and with eight timed; the VAE as it now defaults
+    OUT="$OUT" tools/device-check.sh verify moga >"$OUT/issue5.log" 2>&1
+    for n in 1 8; do
+      MOGAGEN_SDPA_CANDIDATES=$n timeout 60 build/mogagen_bench dit --model 1.3b --iters 3 >"$OUT/dit13b-cand$n.log" 2>&1
+    done
+    timeout 60 build/mogagen_bench vae >"$OUT/vae.log" 2>&1
+    grep -E "^== |median|decode" "$OUT/device-check.txt" "$OUT"/dit13b-cand*.log "$OUT/vae.log" | cut -c1-220
+    grep -hE "plans built|self-attention|moga |dit profile|peak" "$OUT"/logs/*MoGA*.log | cut -c1-200
+    ;;
   train1)
     (nice -n 19 env OUT="$OUT" tools/device-check.sh checks >"$OUT/checks.log" 2>&1) &
     python3 tools/train/train.py "${FLAGS[@]}" --stages vae,dit --slice-seconds 240 >"$OUT/train1.log" 2>&1
@@ -77,7 +90,7 @@ case "${1:-}" in
     grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
     ;;
   *)
-    echo "usage: OUT=<folder> tools/device-lease.sh diag|train1|train2|measure|moga|long" >&2
+    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|train1|train2|measure|moga|long" >&2
     exit 2
     ;;
 esac
