@@ -5,6 +5,7 @@
 #
 #   OUT=$OUT tools/device-lease.sh diag      # GPU tests, verify, bench, MoGA at 8 and all layers (~480 s)
 #   OUT=$OUT tools/device-lease.sh issue5    # GPU tests, then MoGA and dense at 187,200 tokens (~420 s)
+#   OUT=$OUT tools/device-lease.sh issue5b   # 14B at 563,160 tokens (M = 5, 20), the MoGA profiles (~350 s)
 #   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
 #   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
 #   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree on the model + device-check bench (~200 s)
@@ -56,6 +57,17 @@ case "${1:-}" in
     grep -E "^== |median|decode" "$OUT/device-check.txt" "$OUT"/dit13b-cand*.log "$OUT/vae.log" | cut -c1-220
     grep -hE "plans built|self-attention|moga |dit profile|peak" "$OUT"/logs/*MoGA*.log | cut -c1-200
     ;;
+  issue5b)
+    # issue 5 at a minute of video (14B MoGA, 563,160 tokens, M = 5 and 20), then the
+    # MoGA profiles at 187,200 tokens at the timed forward's timestep (the 14B's 40 blocks
+    # are alike: 8 of them give its shares)
+    LONG_NO_VAE=1 OUT="$OUT" timeout 420 tools/device-check.sh long >"$OUT/long.log" 2>&1
+    B=(build/mogagen_bench dit --frames 120 --height 60 --width 104 --attention moga --groups 5 --iters 1 --profile on)
+    timeout 90 "${B[@]}" --model 14b --layers 8 >"$OUT/moga14b-8.log" 2>&1
+    timeout 60 "${B[@]}" --model 1.3b >"$OUT/moga13b.log" 2>&1
+    grep -hE "median|peak|== " "$OUT/device-check.txt" | cut -c1-200
+    grep -hE "median|plans built|self-attention|moga |dit profile|profiled|share in|memory" "$OUT"/moga*.log | cut -c1-200
+    ;;
   train1)
     (nice -n 19 env OUT="$OUT" tools/device-check.sh checks >"$OUT/checks.log" 2>&1) &
     python3 tools/train/train.py "${FLAGS[@]}" --stages vae,dit --slice-seconds 240 >"$OUT/train1.log" 2>&1
@@ -90,7 +102,7 @@ case "${1:-}" in
     grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
     ;;
   *)
-    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|train1|train2|measure|moga|long" >&2
+    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|moga|long" >&2
     exit 2
     ;;
 esac

@@ -237,11 +237,20 @@ int bench_dit(const Args& a, Ops& ops) {
   }
   if (a.profile) {
     // One more forward with every part bracketed by a synchronize: where the step goes,
-    // and the share of MoGA's routing and permutation (issue 5).
+    // and the share of MoGA's routing and permutation (issue 5). At the first timed
+    // forward's timestep, so that it routes alike and does the same work (the eighth
+    // session's profiles ran at another timestep, where the routers, balanced at the timed
+    // one, left larger groups: up to 2.4x the group branch's time).
     const Ops::AttentionStats st2 = ops.attention_stats();
-    print_profile(dit, [&] { dit.forward(x, 400.0, text, {}, mode); }, "dit",
+    print_profile(dit, [&] { dit.forward(x, 500.0, text, {}, mode); }, "dit",
                   "(time embedding, patchify, modulation, head, download)");
     print_attention_stats("dit profiled run", st2, ops.attention_stats());
+    std::printf("dit profiled run: attention %.1f TFLOP executed\n", dit.attention_flops() / 1e12);
+    if (mode == AttentionMode::Moga) {
+      const auto [pw, pm] = routing_balance(dit.group_sizes());
+      std::printf("dit routing (profiled forward): largest group %.2fx its fair share in the worst block, "
+                  "%.2fx on average\n", pw, pm);
+    }
   }
   return 0;
 }
