@@ -238,9 +238,9 @@ int bench_dit(const Args& a, Ops& ops) {
   if (a.profile) {
     // One more forward with every part bracketed by a synchronize: where the step goes,
     // and the share of MoGA's routing and permutation (issue 5). At the first timed
-    // forward's timestep, so that it routes alike and does the same work (the eighth
-    // session's profiles ran at another timestep, where the routers, balanced at the timed
-    // one, left larger groups: up to 2.4x the group branch's time).
+    // forward's timestep, so that it routes alike and does the same work (profiles at
+    // another timestep, where the routers calibrated at the timed one leave larger groups,
+    // gave the group branch 1.9x (1.3B) and 4.6x (14B) its time in the timed forward).
     const Ops::AttentionStats st2 = ops.attention_stats();
     print_profile(dit, [&] { dit.forward(x, 500.0, text, {}, mode); }, "dit",
                   "(time embedding, patchify, modulation, head, download)");
