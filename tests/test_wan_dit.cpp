@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -349,7 +350,19 @@ TEST(WanDitMoga, RoutingStatisticsAndSharedCaption) {
     EXPECT_GE(dit.layer0_routing().p_win[i], 1.0f / 3.0f - 1e-6f);
   }
   EXPECT_EQ(dit.group_sizes().size(), size_t(c.num_layers));
-  EXPECT_NE(dit.routing_report().find("block 1"), std::string::npos);
+  {
+    // --verbose's per-block line: the sizes, then the largest and smallest group against
+    // the fair share N/M, from this forward's sizes
+    const std::string rep = dit.routing_report();
+    const auto& gs = dit.group_sizes()[1];
+    const int64_t mx = *std::max_element(gs.begin(), gs.end()), mn = *std::min_element(gs.begin(), gs.end());
+    char want[96];
+    std::snprintf(want, sizeof want, "largest %.2fx fair share, smallest %.2fx", double(mx) * 3.0 / double(N),
+                  double(mn) * 3.0 / double(N));
+    const size_t at = rep.find("block 1: [");
+    ASSERT_NE(at, std::string::npos) << rep;
+    EXPECT_NE(rep.find(want, at), std::string::npos) << "wanted '" << want << "' in " << rep;
+  }
   // One caption for all shots == the same caption given once per shot.
   const Tensor b =
       dit.forward(x, 321.5, dit.prepare_context({cap, cap}), shots, AttentionMode::Moga);

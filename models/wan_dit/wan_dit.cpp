@@ -768,7 +768,9 @@ std::string WanDit::routing_report() const {
     o << "]";
     if (N > 0 && M > 0) {
       o.precision(2);
-      o << std::fixed << "  largest " << largest_group_share(gs) << "x fair share";
+      const int64_t smallest = *std::min_element(gs.begin(), gs.end());
+      o << std::fixed << "  largest " << largest_group_share(gs) << "x fair share, smallest "
+        << double(smallest) * double(gs.size()) / double(N) << "x";
       o.unsetf(std::ios::fixed);
     }
     if (empty) o << ", " << empty << " empty";
