@@ -14,6 +14,8 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/kernels.cuh"
 #include "mogagen/error.h"
@@ -157,6 +159,32 @@ enum Uid : int64_t {
   kVirtual = 100
 };
 
+// An engine configuration by value: the engine's global index and its knob choices (the
+// knob search of MOGAGEN_SDPA_KNOBS=search builds configurations that no heuristics list
+// holds, so a family's later graphs rebuild them from this).
+struct ConfigSpec {
+  int64_t engine = -1;
+  std::vector<std::pair<cudnnBackendKnobType_t, int64_t>> knobs;
+  std::string str() const {
+    std::string r = "engine " + std::to_string(engine);
+    for (const auto& k : knobs) r += " knob" + std::to_string(int(k.first)) + "=" + std::to_string(k.second);
+    return r;
+  }
+};
+
+// MOGAGEN_SDPA_KNOBS=search: the first graph of each family also times variants of the
+// heuristics' first configuration, one knob changed at a time (an experiment: off by default).
+bool knob_search() {
+  static const bool on = [] {
+    const char* e = std::getenv("MOGAGEN_SDPA_KNOBS");
+    if (!e || !*e || std::strcmp(e, "off") == 0) return false;
+    if (std::strcmp(e, "search") == 0) return true;
+    log_warning(std::string("MOGAGEN_SDPA_KNOBS='") + e + "' is neither search nor off; off");
+    return false;
+  }();
+  return on;
+}
+
 struct Plan {
   std::vector<cudnnBackendDescriptor_t> descs;  // everything the plan was built from
   cudnnBackendDescriptor_t plan = nullptr;
@@ -168,6 +196,8 @@ struct Plan {
   // Positions in the heuristics' (mode A) list of `plan` and of each candidate; -1: not
   // from that list.
   std::vector<int64_t> positions;
+  // The knob search's candidates by value, parallel to positions (engine -1: not a variant).
+  std::vector<ConfigSpec> specs;
   std::array<int64_t, 3> family{};  // ragged, H, D
   bool sets_family = false;          // the first of its family: records its choice once run
   Plan() = default;
@@ -317,11 +347,120 @@ using PlanKey = std::array<int64_t, 6>;
 using FamilyKey = std::array<int64_t, 3>;
 FamilyKey family_of(const PlanKey& k) { return {k[0], k[4], k[5]}; }
 
+// Reads a finalized engine configuration's engine index, knob choices and the engine's knob
+// ranges (type, minimum, maximum, stride). False where cuDNN does not say.
+struct KnobRange {
+  cudnnBackendKnobType_t type;
+  int64_t lo, hi, stride;
+};
+bool read_config(GraphBuilder& g, cudnnBackendDescriptor_t cfg, ConfigSpec& spec,
+                 std::vector<KnobRange>& ranges) {
+  auto engine = g.create(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+  int64_t n = 0;
+  if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n,
+                               &engine) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n,
+                               &spec.engine) != CUDNN_STATUS_SUCCESS)
+    return false;
+  constexpr int64_t kMax = CUDNN_KNOB_TYPE_COUNTS;
+  std::vector<cudnnBackendDescriptor_t> choices(kMax), infos(kMax);
+  for (auto& c : choices) c = g.create(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR);
+  for (auto& i : infos) i = g.create(CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR);
+  int64_t nc = 0, ni = 0;
+  if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR, kMax,
+                               &nc, choices.data()) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_KNOB_INFO, CUDNN_TYPE_BACKEND_DESCRIPTOR, kMax, &ni,
+                               infos.data()) != CUDNN_STATUS_SUCCESS)
+    return false;
+  for (int64_t i = 0; i < std::min(nc, kMax); ++i) {
+    cudnnBackendKnobType_t t;
+    int64_t v = 0;
+    if (cudnnBackendGetAttribute(choices[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &t) ==
+            CUDNN_STATUS_SUCCESS &&
+        cudnnBackendGetAttribute(choices[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &v) ==
+            CUDNN_STATUS_SUCCESS)
+      spec.knobs.emplace_back(t, v);
+  }
+  for (int64_t i = 0; i < std::min(ni, kMax); ++i) {
+    KnobRange r{};
+    if (cudnnBackendGetAttribute(infos[i], CUDNN_ATTR_KNOB_INFO_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &r.type) ==
+            CUDNN_STATUS_SUCCESS &&
+        cudnnBackendGetAttribute(infos[i], CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE, CUDNN_TYPE_INT64, 1, &n, &r.lo) ==
+            CUDNN_STATUS_SUCCESS &&
+        cudnnBackendGetAttribute(infos[i], CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE, CUDNN_TYPE_INT64, 1, &n, &r.hi) ==
+            CUDNN_STATUS_SUCCESS &&
+        cudnnBackendGetAttribute(infos[i], CUDNN_ATTR_KNOB_INFO_STRIDE, CUDNN_TYPE_INT64, 1, &n, &r.stride) ==
+            CUDNN_STATUS_SUCCESS)
+      ranges.push_back(r);
+  }
+  return true;
+}
+
+// A finalized engine configuration for `graph` from a spec; nullptr where cuDNN refuses it.
+cudnnBackendDescriptor_t make_config(GraphBuilder& g, cudnnBackendDescriptor_t graph, const ConfigSpec& spec) {
+  auto engine = g.create(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+  if (cudnnBackendSetAttribute(engine, CUDNN_ATTR_ENGINE_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                               &graph) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendSetAttribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &spec.engine) !=
+          CUDNN_STATUS_SUCCESS ||
+      cudnnBackendFinalize(engine) != CUDNN_STATUS_SUCCESS)
+    return nullptr;
+  std::vector<cudnnBackendDescriptor_t> choices;
+  for (const auto& [type, value] : spec.knobs) {
+    auto c = g.create(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR);
+    if (cudnnBackendSetAttribute(c, CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &type) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnBackendSetAttribute(c, CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &value) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnBackendFinalize(c) != CUDNN_STATUS_SUCCESS)
+      return nullptr;
+    choices.push_back(c);
+  }
+  auto cfg = g.create(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+  if (cudnnBackendSetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &engine) !=
+          CUDNN_STATUS_SUCCESS ||
+      (!choices.empty() &&
+       cudnnBackendSetAttribute(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                static_cast<int64_t>(choices.size()), choices.data()) != CUDNN_STATUS_SUCCESS) ||
+      cudnnBackendFinalize(cfg) != CUDNN_STATUS_SUCCESS)
+    return nullptr;
+  return cfg;
+}
+
+// The knob search's variants of `base`: each knob moved to each other value of its range
+// (at most 8 values a knob, spread over the range), at most 24 in all.
+std::vector<ConfigSpec> knob_variants(const ConfigSpec& base, const std::vector<KnobRange>& ranges) {
+  std::vector<ConfigSpec> out;
+  for (const KnobRange& r : ranges) {
+    if (r.hi <= r.lo || r.stride <= 0) continue;
+    int64_t current = r.lo;
+    bool set = false;
+    for (const auto& k : base.knobs)
+      if (k.first == r.type) current = k.second, set = true;
+    const int64_t count = (r.hi - r.lo) / r.stride + 1;
+    const int64_t step = std::max<int64_t>(1, (count + 7) / 8);
+    for (int64_t j = 0; j < count && out.size() < 24; j += step) {
+      const int64_t v = r.lo + j * r.stride;
+      if (set && v == current) continue;
+      ConfigSpec c = base;
+      bool found = false;
+      for (auto& k : c.knobs)
+        if (k.first == r.type) k.second = v, found = true;
+      if (!found) c.knobs.emplace_back(r.type, v);
+      out.push_back(std::move(c));
+    }
+  }
+  return out;
+}
+
 // Builds the SDPA graph and up to max_plan_candidates() execution plans that finalize (the
 // heuristics' order; the first execution times them). With `preferred` >= 0, only the
 // configuration at that position of the heuristics' list, if it finalizes (else as
-// without). Throws CudnnFailure.
-void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, int64_t preferred) {
+// without); with `spec`, only that configuration (the knob search's choice for the family).
+// `search`: also knob variants of the heuristics' first (MOGAGEN_SDPA_KNOBS=search).
+// Throws CudnnFailure.
+void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, int64_t preferred,
+                const ConfigSpec* spec = nullptr, bool search = false) {
   const bool ragged = key[0] != 0;
   const int64_t B = key[1], Sq = key[2], Skv = key[3], H = key[4], D = key[5];
   GraphBuilder g(plan);
@@ -392,6 +531,43 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, int64_t pr
         static_cast<int64_t>(ops.size()), ops.data());
   g.finalize(graph);
 
+  // a plan for one finalized engine configuration: appended to `plan` (first: the plan)
+  auto add_plan = [&](cudnnBackendDescriptor_t cfg, int64_t position, const ConfigSpec& sp,
+                      std::string& why) {
+    cudnnBackendDescriptor_t p = nullptr;
+    MG_CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p));
+    cudnnStatus_t st = cudnnBackendSetAttribute(p, kPlanHandleAttr, CUDNN_TYPE_HANDLE, 1, &handle);
+    if (st == CUDNN_STATUS_SUCCESS)
+      st = cudnnBackendSetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                    &cfg);
+    if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendFinalize(p);
+    int64_t ws = 0, n = 0;
+    if (st == CUDNN_STATUS_SUCCESS)
+      st = cudnnBackendGetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &ws);
+    if (st != CUDNN_STATUS_SUCCESS) {
+      why += "; " + cudnn_reason(st, "plan finalize");
+      cudnnBackendDestroyDescriptor(p);
+      return false;
+    }
+    if (!plan.ok) {
+      plan.plan = p;
+      plan.workspace = ws;
+      plan.ok = true;
+    } else {
+      plan.candidates.emplace_back(p, ws);
+    }
+    plan.positions.push_back(position);
+    plan.specs.push_back(sp);
+    return true;
+  };
+  if (spec) {  // the family's configuration from the knob search
+    std::string why;
+    if (cudnnBackendDescriptor_t cfg = make_config(g, graph, *spec)) {
+      if (add_plan(cfg, -1, *spec, why)) return;
+    }
+    log_debug("cuDNN SDPA: the family's configuration (" + spec->str() + ") does not build here" + why);
+  }
+
   std::string reasons;
   for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
     const bool list_a = mode == CUDNN_HEUR_MODE_A;
@@ -446,10 +622,29 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, int64_t pr
         plan.candidates.emplace_back(p, ws);
       }
       plan.positions.push_back(list_a ? i : -1);
+      plan.specs.emplace_back();
       if (order.size() > static_cast<size_t>(n_cfg) && oi == 0) break;  // the family's choice
       if (plan.candidates.size() + 1 >= max_plan_candidates()) break;
     }
-    if (plan.ok) return;  // the fallback heuristics only where mode A gave nothing
+    if (plan.ok) {  // the fallback heuristics only where mode A gave nothing
+      if (search && list_a) {
+        ConfigSpec base;
+        std::vector<KnobRange> ranges;
+        if (read_config(g, cfgs[static_cast<size_t>(plan.positions.front())], base, ranges)) {
+          int built = 0;
+          const auto variants = knob_variants(base, ranges);
+          for (const ConfigSpec& v : variants) {
+            std::string why;
+            cudnnBackendDescriptor_t cfg = make_config(g, graph, v);
+            if (cfg && add_plan(cfg, -1, v, why)) ++built;
+          }
+          log_debug("cuDNN SDPA knob search: " + base.str() + " (" + std::to_string(ranges.size()) +
+                    " knobs), " + std::to_string(built) + " of " + std::to_string(variants.size()) +
+                    " variants built");
+        }
+      }
+      return;
+    }
   }
   throw CudnnFailure{"no engine configuration finalized" + reasons};
 }
@@ -464,6 +659,8 @@ struct Sdpa::Impl {
   // The position (in the heuristics' list) of the configuration timed fastest for the
   // first graph of each family (FamilyKey).
   std::map<FamilyKey, int64_t> family_choice;
+  // ... or the configuration itself, where the knob search's variant won.
+  std::map<FamilyKey, ConfigSpec> family_spec;
 
   bool ready() {
     handle = cudnn.get();
@@ -537,10 +734,13 @@ struct Sdpa::Impl {
       }
     } count{*this, t0};
     try {
-      const auto fc = family_choice.find(family_of(key));
-      p->family = family_of(key);
-      p->sets_family = fc == family_choice.end();
-      build_plan(handle, *p, key, fc == family_choice.end() ? -1 : fc->second);
+      const FamilyKey fam = family_of(key);
+      const auto fc = family_choice.find(fam);
+      const auto fs = family_spec.find(fam);
+      p->family = fam;
+      p->sets_family = fc == family_choice.end() && fs == family_spec.end();
+      build_plan(handle, *p, key, fc == family_choice.end() ? -1 : fc->second,
+                 fs == family_spec.end() ? nullptr : &fs->second, p->sets_family && knob_search());
       log_debug("cuDNN SDPA plan built: " + std::string(key[0] ? "ragged" : "dense") +
                 " B=" + std::to_string(key[1]) + " Sq=" + std::to_string(key[2]) +
                 " Skv=" + std::to_string(key[3]) + " H=" + std::to_string(key[4]) +
@@ -586,6 +786,8 @@ struct Sdpa::Impl {
     if (plan.sets_family) {  // the first of its family: its configuration is the family's
       if (!plan.positions.empty() && plan.positions.front() >= 0)
         family_choice.emplace(plan.family, plan.positions.front());
+      else if (!plan.specs.empty() && plan.specs.front().engine >= 0)
+        family_spec.emplace(plan.family, plan.specs.front());
       plan.sets_family = false;
     }
     MG_CUDNN_CHECK(cudnnBackendExecute(handle, plan.plan, vp));
@@ -610,6 +812,12 @@ struct Sdpa::Impl {
     plan.plan = all[best].first;
     plan.workspace = all[best].second;
     if (best < plan.positions.size()) plan.positions = {plan.positions[best]};
+    if (best < plan.specs.size()) {
+      if (plan.specs[best].engine >= 0)
+        log_debug("cuDNN SDPA: a knob search variant is the fastest: " + plan.specs[best].str());
+      const ConfigSpec keep = plan.specs[best];
+      plan.specs = {keep};
+    }
     plan_seconds += now() - t0;
     log_debug("cuDNN SDPA: engine configuration " + std::to_string(best) + " of " +
               std::to_string(all.size()) + " is the fastest (" + std::to_string(best_ms) + " ms)");

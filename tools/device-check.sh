@@ -136,12 +136,24 @@ if want bench; then
   for policy in ${T5_POLICIES:-split-qk tf32-except-qk exact tf32}; do
     step "bench umT5-XXL, MOGAGEN_T5_MATMUL=$policy" env MOGAGEN_T5_MATMUL=$policy build/mogagen_bench t5 --tokens 512 --profile on
   done
+  # the GPU's clocks and power beside the 1.3B forward (its attention runs 6% below the
+  # same call alone: clocks held down by power would say why)
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi dmon -s pc -d 1 >"${OUT:-/tmp}/dmon-dit13b.txt" 2>&1 &
+    dmon=$!
+  fi
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3 --profile on
+  [ -n "${dmon:-}" ] && kill "$dmon" 2>/dev/null
+  # cuDNN's knob search (MOGAGEN_SDPA_KNOBS=search, an experiment): variants of the
+  # heuristics' first configuration timed for the first graph of each family
+  step "bench DiT 1.3B, MOGAGEN_SDPA_KNOBS=search" env MOGAGEN_SDPA_KNOBS=search \
+    build/mogagen_bench dit --model 1.3b --iters 3 --log verbose
   step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3 --profile on
   step "bench VAE (bf16 convolutions on channels-last copies, the default)" build/mogagen_bench vae --profile on
   step "bench VAE, MOGAGEN_CONV=bf16 (channels first)" env MOGAGEN_CONV=bf16 build/mogagen_bench vae --profile on
   step "bench VAE, MOGAGEN_CONV=cudnn (float32 data)" env MOGAGEN_CONV=cudnn build/mogagen_bench vae --profile on
   step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
+  step "bench attention, MOGAGEN_SDPA_KNOBS=search" env MOGAGEN_SDPA_KNOBS=search build/mogagen_bench attention
 fi
 B="build/mogagen_bench dit --frames 120 --height 60 --width 104"  # 187,200 tokens
 if want moga; then
