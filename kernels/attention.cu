@@ -173,16 +173,14 @@ struct ConfigSpec {
 };
 
 // MOGAGEN_SDPA_KNOBS=search: the first graph of each family also times variants of the
-// heuristics' first configuration, one knob changed at a time (an experiment: off by default).
-bool knob_search() {
-  static const bool on = [] {
-    const char* e = std::getenv("MOGAGEN_SDPA_KNOBS");
-    if (!e || !*e || std::strcmp(e, "off") == 0) return false;
-    if (std::strcmp(e, "search") == 0) return true;
-    log_warning(std::string("MOGAGEN_SDPA_KNOBS='") + e + "' is neither search nor off; off");
-    return false;
-  }();
-  return on;
+// heuristics' first configuration, one knob changed at a time (an experiment: off by
+// default). Read when the backend is made.
+bool knob_search_from_env() {
+  const char* e = std::getenv("MOGAGEN_SDPA_KNOBS");
+  if (!e || !*e || std::strcmp(e, "off") == 0) return false;
+  if (std::strcmp(e, "search") == 0) return true;
+  log_warning(std::string("MOGAGEN_SDPA_KNOBS='") + e + "' is neither search nor off; off");
+  return false;
 }
 
 struct Plan {
@@ -212,20 +210,17 @@ struct Plan {
 
 // Engine configurations kept per graph for the first execution to time (the heuristics'
 // first is not always the fastest). MOGAGEN_SDPA_CANDIDATES=N (1 to 8) changes the count;
-// 1 keeps the heuristics' first without timing anything.
-size_t max_plan_candidates() {
-  static const size_t n = [] {
-    const char* e = std::getenv("MOGAGEN_SDPA_CANDIDATES");
-    if (!e || !*e) return size_t{4};
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 10);
-    if (*end != '\0' || v < 1 || v > 8) {
-      log_warning(std::string("MOGAGEN_SDPA_CANDIDATES='") + e + "' is not a count from 1 to 8; using 4");
-      return size_t{4};
-    }
-    return static_cast<size_t>(v);
-  }();
-  return n;
+// 1 keeps the heuristics' first without timing anything. Read when the backend is made.
+size_t plan_candidates_from_env() {
+  const char* e = std::getenv("MOGAGEN_SDPA_CANDIDATES");
+  if (!e || !*e) return 4;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (*end != '\0' || v < 1 || v > 8) {
+    log_warning(std::string("MOGAGEN_SDPA_CANDIDATES='") + e + "' is not a count from 1 to 8; using 4");
+    return 4;
+  }
+  return static_cast<size_t>(v);
 }
 
 class GraphBuilder {
@@ -453,14 +448,14 @@ std::vector<ConfigSpec> knob_variants(const ConfigSpec& base, const std::vector<
   return out;
 }
 
-// Builds the SDPA graph and up to max_plan_candidates() execution plans that finalize (the
+// Builds the SDPA graph and up to `max_candidates` execution plans that finalize (the
 // heuristics' order; the first execution times them). With `preferred` >= 0, only the
 // configuration at that position of the heuristics' list, if it finalizes (else as
 // without); with `spec`, only that configuration (the knob search's choice for the family).
 // `search`: also knob variants of the heuristics' first (MOGAGEN_SDPA_KNOBS=search).
 // Throws CudnnFailure.
-void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, int64_t preferred,
-                const ConfigSpec* spec = nullptr, bool search = false) {
+void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max_candidates,
+                int64_t preferred, const ConfigSpec* spec, bool search) {
   const bool ragged = key[0] != 0;
   const int64_t B = key[1], Sq = key[2], Skv = key[3], H = key[4], D = key[5];
   GraphBuilder g(plan);
@@ -624,7 +619,7 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, int64_t pr
       plan.positions.push_back(list_a ? i : -1);
       plan.specs.emplace_back();
       if (order.size() > static_cast<size_t>(n_cfg) && oi == 0) break;  // the family's choice
-      if (plan.candidates.size() + 1 >= max_plan_candidates()) break;
+      if (plan.candidates.size() + 1 >= max_candidates) break;
     }
     if (plan.ok) {  // the fallback heuristics only where mode A gave nothing
       if (search && list_a) {
@@ -654,6 +649,8 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, int64_t pr
 struct Sdpa::Impl {
   explicit Impl(cudaStream_t s) : stream(s), cudnn(s, "attention runs on the fp32 fallback path") {}
   cudaStream_t stream;
+  const size_t max_candidates = plan_candidates_from_env();
+  const bool search_knobs = knob_search_from_env();
   LazyCudnnHandle cudnn;  // declared first: destroyed after the plans that use it
   std::map<PlanKey, std::unique_ptr<Plan>> cache;
   // The position (in the heuristics' list) of the configuration timed fastest for the
@@ -739,8 +736,8 @@ struct Sdpa::Impl {
       const auto fs = family_spec.find(fam);
       p->family = fam;
       p->sets_family = fc == family_choice.end() && fs == family_spec.end();
-      build_plan(handle, *p, key, fc == family_choice.end() ? -1 : fc->second,
-                 fs == family_spec.end() ? nullptr : &fs->second, p->sets_family && knob_search());
+      build_plan(handle, *p, key, max_candidates, fc == family_choice.end() ? -1 : fc->second,
+                 fs == family_spec.end() ? nullptr : &fs->second, p->sets_family && search_knobs);
       log_debug("cuDNN SDPA plan built: " + std::string(key[0] ? "ragged" : "dense") +
                 " B=" + std::to_string(key[1]) + " Sq=" + std::to_string(key[2]) +
                 " Skv=" + std::to_string(key[3]) + " H=" + std::to_string(key[4]) +

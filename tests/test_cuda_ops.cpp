@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 
 #include "models/umt5/umt5.h"
@@ -58,6 +59,28 @@ std::unique_ptr<Ops> cuda_ops_with_conv(const char* mode) {
   return make_cuda_ops(0);
 }
 std::unique_ptr<Ops> cuda_ops_float32_convolutions() { return cuda_ops_with_conv("cudnn"); }
+
+// A CUDA backend made with the environment variables `vars` set (name, value), each
+// restored afterwards.
+std::unique_ptr<Ops> cuda_ops_with_env(const std::vector<std::pair<std::string, std::string>>& vars) {
+  struct Restore {
+    std::vector<std::pair<std::string, std::optional<std::string>>> old;
+    ~Restore() {
+      for (const auto& [name, value] : old) {
+        if (value)
+          ::setenv(name.c_str(), value->c_str(), 1);
+        else
+          ::unsetenv(name.c_str());
+      }
+    }
+  } restore;
+  for (const auto& [name, value] : vars) {
+    const char* o = std::getenv(name.c_str());
+    restore.old.emplace_back(name, o ? std::optional<std::string>(o) : std::nullopt);
+    ::setenv(name.c_str(), value.c_str(), 1);
+  }
+  return make_cuda_ops(0);
+}
 
 struct Backends {
   std::unique_ptr<Ops> cpu = make_cpu_ops();
@@ -575,6 +598,46 @@ TEST(CudaOps, AttentionVarlen) {
     Tensor q = randn({257, h, d}, 89), k = randn({257, h, d}, 90), v = randn({257, h, d}, 91);
     check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cu, cu, sc)),
           b.cpu->attention_varlen(q, k, v, cu, cu, sc), kBf16Tol, "varlen one segment");
+  }
+}
+
+// Plans by family (dense or ragged, heads, head size): the first shape of a family times its
+// candidates, the later ones build only the chosen configuration; with
+// MOGAGEN_SDPA_KNOBS=search the first also times knob variants, and a winning variant is
+// rebuilt by value for the later shapes. Every path gives the CPU's values, and a later
+// shape of a family builds exactly one plan.
+TEST(CudaOps, AttentionPlanFamilies) {
+  REQUIRE_CUDA();
+  Backends b;
+  const int64_t h = 4, d = 128;
+  const float sc = 1.0f / std::sqrt(float(d));
+  std::unique_ptr<Ops> knobs = cuda_ops_with_env({{"MOGAGEN_SDPA_KNOBS", "search"}}),
+                       one = cuda_ops_with_env({{"MOGAGEN_SDPA_CANDIDATES", "1"}});
+  for (Ops* g : {b.gpu.get(), knobs.get(), one.get()}) {
+    SCOPED_TRACE(g == b.gpu.get() ? "default" : g == knobs.get() ? "knob search" : "one candidate");
+    // ragged: three shapes whose longest segments fall in different length buckets
+    int seed = 140;
+    for (const CuSeqlens& cu : {CuSeqlens{0, 70, 200, 230}, CuSeqlens{0, 500, 530, 900}, CuSeqlens{0, 40, 1100}}) {
+      const int64_t n = cu.back();
+      const Tensor q = randn({n, h, d}, seed++), k = randn({n, h, d}, seed++), v = randn({n, h, d}, seed++);
+      const Ops::AttentionStats s0 = g->attention_stats();
+      const Tensor got = g->download(g->attention_varlen(g->upload(q), g->upload(k), g->upload(v), cu, cu, sc));
+      const Ops::AttentionStats s1 = g->attention_stats();
+      check(got, b.cpu->attention_varlen(q, k, v, cu, cu, sc), kBf16Tol, "ragged, a family's shapes");
+      EXPECT_EQ(s1.fused_calls - s0.fused_calls, 1);
+      EXPECT_EQ(s1.f32_calls, s0.f32_calls);
+      EXPECT_EQ(s1.plans - s0.plans, 1) << "one plan for each new shape";
+    }
+    // dense: two shapes of one family
+    for (const int64_t n : {int64_t{190}, int64_t{333}}) {
+      const Tensor q = randn({n, h, d}, seed++), k = randn({n + 7, h, d}, seed++), v = randn({n + 7, h, d}, seed++);
+      const Ops::AttentionStats s0 = g->attention_stats();
+      check(g->download(g->attention(g->upload(q), g->upload(k), g->upload(v), sc)), b.cpu->attention(q, k, v, sc),
+            kBf16Tol, "dense, a family's shapes");
+      const Ops::AttentionStats s1 = g->attention_stats();
+      EXPECT_EQ(s1.fused_calls - s0.fused_calls, 1);
+      EXPECT_EQ(s1.plans - s0.plans, 1);
+    }
   }
 }
 
