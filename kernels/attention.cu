@@ -591,33 +591,7 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max
     for (size_t oi = 0; oi < order.size(); ++oi) {
       const int64_t i = order[oi];
       if (oi > 0 && i == order[0] && order.size() > static_cast<size_t>(n_cfg)) continue;  // tried
-      cudnnBackendDescriptor_t p = nullptr;
-      MG_CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p));
-      cudnnStatus_t st = cudnnBackendSetAttribute(p, kPlanHandleAttr, CUDNN_TYPE_HANDLE, 1, &handle);
-      if (st == CUDNN_STATUS_SUCCESS)
-        st = cudnnBackendSetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                                      CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
-      if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendFinalize(p);
-      if (st != CUDNN_STATUS_SUCCESS) {
-        reasons += "; " + cudnn_reason(st, "plan finalize");
-        cudnnBackendDestroyDescriptor(p);
-        continue;
-      }
-      int64_t ws = 0, n = 0;
-      if (cudnnBackendGetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
-                                   &n, &ws) != CUDNN_STATUS_SUCCESS) {
-        cudnnBackendDestroyDescriptor(p);
-        continue;
-      }
-      if (!plan.ok) {
-        plan.plan = p;
-        plan.workspace = ws;
-        plan.ok = true;
-      } else {
-        plan.candidates.emplace_back(p, ws);
-      }
-      plan.positions.push_back(list_a ? i : -1);
-      plan.specs.emplace_back();
+      if (!add_plan(cfgs[static_cast<size_t>(i)], list_a ? i : -1, ConfigSpec{}, reasons)) continue;
       if (order.size() > static_cast<size_t>(n_cfg) && oi == 0) break;  // the family's choice
       if (plan.candidates.size() + 1 >= max_candidates) break;
     }
