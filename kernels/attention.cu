@@ -159,12 +159,14 @@ enum Uid : int64_t {
   kVirtual = 100
 };
 
-// An engine configuration by value: the engine's global index and its knob choices (the
-// knob search of MOGAGEN_SDPA_KNOBS=search builds configurations that no heuristics list
-// holds, so a family's later graphs rebuild them from this).
+// An engine configuration by value: the engine's global index and its knob choices, sorted
+// by knob. A family's choice is kept this way (heuristics rank per graph, so a position in
+// one graph's list can name another configuration in the next), and so are the knob
+// search's variants, which no heuristics list holds. engine -1: not known.
 struct ConfigSpec {
   int64_t engine = -1;
   std::vector<std::pair<cudnnBackendKnobType_t, int64_t>> knobs;
+  bool operator==(const ConfigSpec& o) const { return engine == o.engine && knobs == o.knobs; }
   std::string str() const {
     std::string r = "engine " + std::to_string(engine);
     for (const auto& k : knobs) r += " knob" + std::to_string(int(k.first)) + "=" + std::to_string(k.second);
@@ -191,10 +193,7 @@ struct Plan {
   // Other finalized execution plans of the heuristics' list, with their workspace, until
   // the first execution has timed them against `plan` (then the fastest is `plan`).
   std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> candidates;
-  // Positions in the heuristics' (mode A) list of `plan` and of each candidate; -1: not
-  // from that list.
-  std::vector<int64_t> positions;
-  // The knob search's candidates by value, parallel to positions (engine -1: not a variant).
+  // The configuration of `plan` and of each candidate, in that order (engine -1: unread).
   std::vector<ConfigSpec> specs;
   std::array<int64_t, 3> family{};  // ragged, H, D
   bool sets_family = false;          // the first of its family: records its choice once run
@@ -210,7 +209,8 @@ struct Plan {
 
 // Engine configurations kept per graph for the first execution to time (the heuristics'
 // first is not always the fastest). MOGAGEN_SDPA_CANDIDATES=N (1 to 8) changes the count;
-// 1 keeps the heuristics' first without timing anything. Read when the backend is made.
+// 1 keeps the heuristics' first without timing anything (the knob search still adds its
+// variants). Read when the backend is made.
 size_t plan_candidates_from_env() {
   const char* e = std::getenv("MOGAGEN_SDPA_CANDIDATES");
   if (!e || !*e) return 4;
@@ -349,44 +349,66 @@ struct KnobRange {
   int64_t lo, hi, stride;
 };
 bool read_config(GraphBuilder& g, cudnnBackendDescriptor_t cfg, ConfigSpec& spec,
-                 std::vector<KnobRange>& ranges) {
+                 std::vector<KnobRange>* ranges) {
+  spec = ConfigSpec{};
   auto engine = g.create(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
   int64_t n = 0;
   if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n,
                                &engine) != CUDNN_STATUS_SUCCESS ||
       cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n,
-                               &spec.engine) != CUDNN_STATUS_SUCCESS)
+                               &spec.engine) != CUDNN_STATUS_SUCCESS) {
+    spec.engine = -1;
     return false;
-  constexpr int64_t kMax = CUDNN_KNOB_TYPE_COUNTS;
-  std::vector<cudnnBackendDescriptor_t> choices(kMax), infos(kMax);
-  for (auto& c : choices) c = g.create(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR);
-  for (auto& i : infos) i = g.create(CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR);
-  int64_t nc = 0, ni = 0;
-  if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR, kMax,
-                               &nc, choices.data()) != CUDNN_STATUS_SUCCESS ||
-      cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_KNOB_INFO, CUDNN_TYPE_BACKEND_DESCRIPTOR, kMax, &ni,
-                               infos.data()) != CUDNN_STATUS_SUCCESS)
+  }
+  // the descriptors an array attribute fills, as many as it holds (at most one per knob type)
+  auto read_array = [&](cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a, cudnnBackendDescriptorType_t t,
+                        std::vector<cudnnBackendDescriptor_t>& out) {
+    int64_t count = 0;
+    if (cudnnBackendGetAttribute(d, a, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr) != CUDNN_STATUS_SUCCESS)
+      count = CUDNN_KNOB_TYPE_COUNTS;
+    count = std::clamp<int64_t>(count, 0, CUDNN_KNOB_TYPE_COUNTS);
+    out.clear();
+    if (count == 0) return true;
+    for (int64_t i = 0; i < count; ++i) out.push_back(g.create(t));
+    int64_t got = 0;
+    if (cudnnBackendGetAttribute(d, a, CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, out.data()) !=
+        CUDNN_STATUS_SUCCESS)
+      return false;
+    out.resize(static_cast<size_t>(std::clamp<int64_t>(got, 0, count)));
+    return true;
+  };
+  std::vector<cudnnBackendDescriptor_t> choices;
+  if (!read_array(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, choices)) {
+    spec.engine = -1;
     return false;
-  for (int64_t i = 0; i < std::min(nc, kMax); ++i) {
+  }
+  for (cudnnBackendDescriptor_t c : choices) {
     cudnnBackendKnobType_t t;
     int64_t v = 0;
-    if (cudnnBackendGetAttribute(choices[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &t) ==
-            CUDNN_STATUS_SUCCESS &&
-        cudnnBackendGetAttribute(choices[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &v) ==
-            CUDNN_STATUS_SUCCESS)
-      spec.knobs.emplace_back(t, v);
+    if (cudnnBackendGetAttribute(c, CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &t) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnBackendGetAttribute(c, CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &v) !=
+            CUDNN_STATUS_SUCCESS) {
+      spec.engine = -1;
+      return false;
+    }
+    spec.knobs.emplace_back(t, v);
   }
-  for (int64_t i = 0; i < std::min(ni, kMax); ++i) {
+  std::sort(spec.knobs.begin(), spec.knobs.end());
+  if (!ranges) return true;
+  std::vector<cudnnBackendDescriptor_t> infos;
+  if (!read_array(engine, CUDNN_ATTR_ENGINE_KNOB_INFO, CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR, infos)) return false;
+  for (cudnnBackendDescriptor_t info : infos) {
     KnobRange r{};
-    if (cudnnBackendGetAttribute(infos[i], CUDNN_ATTR_KNOB_INFO_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &r.type) ==
+    if (cudnnBackendGetAttribute(info, CUDNN_ATTR_KNOB_INFO_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &r.type) ==
             CUDNN_STATUS_SUCCESS &&
-        cudnnBackendGetAttribute(infos[i], CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE, CUDNN_TYPE_INT64, 1, &n, &r.lo) ==
+        cudnnBackendGetAttribute(info, CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE, CUDNN_TYPE_INT64, 1, &n, &r.lo) ==
             CUDNN_STATUS_SUCCESS &&
-        cudnnBackendGetAttribute(infos[i], CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE, CUDNN_TYPE_INT64, 1, &n, &r.hi) ==
+        cudnnBackendGetAttribute(info, CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE, CUDNN_TYPE_INT64, 1, &n, &r.hi) ==
             CUDNN_STATUS_SUCCESS &&
-        cudnnBackendGetAttribute(infos[i], CUDNN_ATTR_KNOB_INFO_STRIDE, CUDNN_TYPE_INT64, 1, &n, &r.stride) ==
+        cudnnBackendGetAttribute(info, CUDNN_ATTR_KNOB_INFO_STRIDE, CUDNN_TYPE_INT64, 1, &n, &r.stride) ==
             CUDNN_STATUS_SUCCESS)
-      ranges.push_back(r);
+      ranges->push_back(r);
   }
   return true;
 }
@@ -422,26 +444,36 @@ cudnnBackendDescriptor_t make_config(GraphBuilder& g, cudnnBackendDescriptor_t g
   return cfg;
 }
 
-// The knob search's variants of `base`: each knob moved to each other value of its range
-// (at most 8 values a knob, spread over the range), at most 24 in all.
+// The knob search's variants of `base`: each knob moved to other values of its range, one
+// knob at a time, the values spread over the range; at most 24 in all, shared out between
+// the knobs (at most 8 a knob).
 std::vector<ConfigSpec> knob_variants(const ConfigSpec& base, const std::vector<KnobRange>& ranges) {
   std::vector<ConfigSpec> out;
+  size_t movable = 0;
+  for (const KnobRange& r : ranges) movable += r.hi > r.lo && r.stride > 0;
+  if (movable == 0) return out;
+  const int64_t per_knob = std::clamp<int64_t>(static_cast<int64_t>(24 / movable), 1, 8);
   for (const KnobRange& r : ranges) {
     if (r.hi <= r.lo || r.stride <= 0) continue;
     int64_t current = r.lo;
     bool set = false;
     for (const auto& k : base.knobs)
       if (k.first == r.type) current = k.second, set = true;
-    const int64_t count = (r.hi - r.lo) / r.stride + 1;
-    const int64_t step = std::max<int64_t>(1, (count + 7) / 8);
-    for (int64_t j = 0; j < count && out.size() < 24; j += step) {
-      const int64_t v = r.lo + j * r.stride;
+    // values lo, lo + stride, ... <= hi, without overflow for ranges that span int64
+    const unsigned long long span = static_cast<unsigned long long>(r.hi) - static_cast<unsigned long long>(r.lo);
+    const unsigned long long count = span / static_cast<unsigned long long>(r.stride) + 1;
+    const unsigned long long step =
+        std::max<unsigned long long>(1, (count + per_knob - 1) / static_cast<unsigned long long>(per_knob));
+    for (unsigned long long j = 0; j < count && out.size() < 24; j += step) {
+      const int64_t v = static_cast<int64_t>(static_cast<unsigned long long>(r.lo) +
+                                             j * static_cast<unsigned long long>(r.stride));
       if (set && v == current) continue;
       ConfigSpec c = base;
       bool found = false;
       for (auto& k : c.knobs)
         if (k.first == r.type) k.second = v, found = true;
       if (!found) c.knobs.emplace_back(r.type, v);
+      std::sort(c.knobs.begin(), c.knobs.end());
       out.push_back(std::move(c));
     }
   }
@@ -449,13 +481,12 @@ std::vector<ConfigSpec> knob_variants(const ConfigSpec& base, const std::vector<
 }
 
 // Builds the SDPA graph and up to `max_candidates` execution plans that finalize (the
-// heuristics' order; the first execution times them). With `preferred` >= 0, only the
-// configuration at that position of the heuristics' list, if it finalizes (else as
-// without); with `spec`, only that configuration (the knob search's choice for the family).
-// `search`: also knob variants of the heuristics' first (MOGAGEN_SDPA_KNOBS=search).
-// Throws CudnnFailure.
+// heuristics' order; the first execution times them). With `preferred` (the family's
+// choice), only that configuration: the heuristics' entry that is it, else built by value;
+// the whole list only where neither finalizes. `search`: also knob variants of the
+// heuristics' first (MOGAGEN_SDPA_KNOBS=search). Throws CudnnFailure.
 void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max_candidates,
-                int64_t preferred, const ConfigSpec* spec, bool search) {
+                const ConfigSpec* preferred, bool search) {
   const bool ragged = key[0] != 0;
   const int64_t B = key[1], Sq = key[2], Skv = key[3], H = key[4], D = key[5];
   GraphBuilder g(plan);
@@ -527,8 +558,7 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max
   g.finalize(graph);
 
   // a plan for one finalized engine configuration: appended to `plan` (first: the plan)
-  auto add_plan = [&](cudnnBackendDescriptor_t cfg, int64_t position, const ConfigSpec& sp,
-                      std::string& why) {
+  auto add_plan = [&](cudnnBackendDescriptor_t cfg, const ConfigSpec& sp, std::string& why) {
     cudnnBackendDescriptor_t p = nullptr;
     MG_CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p));
     cudnnStatus_t st = cudnnBackendSetAttribute(p, kPlanHandleAttr, CUDNN_TYPE_HANDLE, 1, &handle);
@@ -551,17 +581,9 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max
     } else {
       plan.candidates.emplace_back(p, ws);
     }
-    plan.positions.push_back(position);
     plan.specs.push_back(sp);
     return true;
   };
-  if (spec) {  // the family's configuration from the knob search
-    std::string why;
-    if (cudnnBackendDescriptor_t cfg = make_config(g, graph, *spec)) {
-      if (add_plan(cfg, -1, *spec, why)) return;
-    }
-    log_debug("cuDNN SDPA: the family's configuration (" + spec->str() + ") does not build here" + why);
-  }
 
   std::string reasons;
   for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
@@ -583,37 +605,48 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max
                                  CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &returned,
                                  cfgs.data()) != CUDNN_STATUS_SUCCESS)
       continue;
-    const int64_t n_cfg = std::min(returned, count);
-    // the family's choice first, alone; the whole list only if it does not finalize
-    std::vector<int64_t> order;
-    if (list_a && preferred >= 0 && preferred < n_cfg) order.push_back(preferred);
-    for (int64_t i = 0; i < n_cfg; ++i) order.push_back(i);
-    for (size_t oi = 0; oi < order.size(); ++oi) {
-      const int64_t i = order[oi];
-      if (oi > 0 && i == order[0] && order.size() > static_cast<size_t>(n_cfg)) continue;  // tried
-      if (!add_plan(cfgs[static_cast<size_t>(i)], list_a ? i : -1, ConfigSpec{}, reasons)) continue;
-      if (order.size() > static_cast<size_t>(n_cfg) && oi == 0) break;  // the family's choice
+    const size_t n_cfg = static_cast<size_t>(std::clamp<int64_t>(returned, 0, count));
+    std::vector<ConfigSpec> specs(n_cfg);
+    for (size_t i = 0; i < n_cfg; ++i) read_config(g, cfgs[i], specs[i], nullptr);
+    if (list_a && preferred) {  // the family's choice alone: as listed here, else by value
+      for (size_t i = 0; i < n_cfg; ++i)
+        if (specs[i] == *preferred && add_plan(cfgs[i], specs[i], reasons)) return;
+      if (cudnnBackendDescriptor_t cfg = make_config(g, graph, *preferred))
+        if (add_plan(cfg, *preferred, reasons)) return;
+      log_debug("cuDNN SDPA: the family's configuration (" + preferred->str() +
+                ") does not build for this shape; timing the heuristics' list" + reasons);
+    }
+    size_t first = n_cfg;  // the list entry of the plan
+    for (size_t i = 0; i < n_cfg; ++i) {
+      if (!add_plan(cfgs[i], specs[i], reasons)) continue;
+      if (first == n_cfg) first = i;
       if (plan.candidates.size() + 1 >= max_candidates) break;
     }
-    if (plan.ok) {  // the fallback heuristics only where mode A gave nothing
-      if (search && list_a) {
+    if (!plan.ok) continue;  // the fallback heuristics only where mode A gave nothing
+    if (search && list_a) {
+      // a failure here keeps the plans already built
+      try {
         ConfigSpec base;
         std::vector<KnobRange> ranges;
-        if (read_config(g, cfgs[static_cast<size_t>(plan.positions.front())], base, ranges)) {
+        if (first == n_cfg || !read_config(g, cfgs[first], base, &ranges)) {
+          log_debug("cuDNN SDPA knob search: the first configuration's knobs could not be read");
+        } else {
           int built = 0;
           const auto variants = knob_variants(base, ranges);
           for (const ConfigSpec& v : variants) {
             std::string why;
             cudnnBackendDescriptor_t cfg = make_config(g, graph, v);
-            if (cfg && add_plan(cfg, -1, v, why)) ++built;
+            if (cfg && add_plan(cfg, v, why)) ++built;
           }
           log_debug("cuDNN SDPA knob search: " + base.str() + " (" + std::to_string(ranges.size()) +
                     " knobs), " + std::to_string(built) + " of " + std::to_string(variants.size()) +
                     " variants built");
         }
+      } catch (const CudnnFailure& f) {
+        log_debug(std::string("cuDNN SDPA knob search stopped: ") + f.what);
       }
-      return;
     }
+    return;
   }
   throw CudnnFailure{"no engine configuration finalized" + reasons};
 }
@@ -627,11 +660,9 @@ struct Sdpa::Impl {
   const bool search_knobs = knob_search_from_env();
   LazyCudnnHandle cudnn;  // declared first: destroyed after the plans that use it
   std::map<PlanKey, std::unique_ptr<Plan>> cache;
-  // The position (in the heuristics' list) of the configuration timed fastest for the
-  // first graph of each family (FamilyKey).
-  std::map<FamilyKey, int64_t> family_choice;
-  // ... or the configuration itself, where the knob search's variant won.
-  std::map<FamilyKey, ConfigSpec> family_spec;
+  // The configuration timed fastest for the first graph of each family (FamilyKey), by
+  // value: the family's later graphs build only it.
+  std::map<FamilyKey, ConfigSpec> family_choice;
 
   bool ready() {
     handle = cudnn.get();
@@ -656,23 +687,28 @@ struct Sdpa::Impl {
     Staging(const Staging&) = delete;
     Staging& operator=(const Staging&) = delete;
     ~Staging() {
-      if (!host) return;
       for (cudaEvent_t e : done)
-        if (e) cudaEventDestroy(e);
-      cudaFreeHost(host);
+        if (e) {
+          cudaEventSynchronize(e);  // its copy has read the slot
+          cudaEventDestroy(e);
+        }
+      if (host) cudaFreeHost(host);
     }
   } staging;
 
   void upload(void* dst, const void* src, size_t bytes) {
-    if (!staging.tried) {
+    if (!staging.tried) {  // the events first, the buffer last: all of it or none
       staging.tried = true;
+      bool ok = true;
+      for (cudaEvent_t& e : staging.done)
+        ok = ok && cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess;
       void* h = nullptr;
-      if (cudaMallocHost(&h, Staging::kSlots * Staging::kSlotBytes) == cudaSuccess) {
+      if (ok && cudaMallocHost(&h, Staging::kSlots * Staging::kSlotBytes) == cudaSuccess) {
         staging.host = static_cast<char*>(h);
+      } else {  // no pinned memory: the pageable copies below still work
+        cudaGetLastError();
         for (cudaEvent_t& e : staging.done)
-          MG_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      } else {
-        cudaGetLastError();  // no pinned memory: the pageable copies below still work
+          if (e) cudaEventDestroy(e), e = nullptr;
       }
     }
     if (!staging.host || bytes > Staging::kSlotBytes) {
@@ -707,11 +743,10 @@ struct Sdpa::Impl {
     try {
       const FamilyKey fam = family_of(key);
       const auto fc = family_choice.find(fam);
-      const auto fs = family_spec.find(fam);
       p->family = fam;
-      p->sets_family = fc == family_choice.end() && fs == family_spec.end();
-      build_plan(handle, *p, key, max_candidates, fc == family_choice.end() ? -1 : fc->second,
-                 fs == family_spec.end() ? nullptr : &fs->second, p->sets_family && search_knobs);
+      p->sets_family = fc == family_choice.end();
+      build_plan(handle, *p, key, max_candidates, fc == family_choice.end() ? nullptr : &fc->second,
+                 p->sets_family && search_knobs);
       log_debug("cuDNN SDPA plan built: " + std::string(key[0] ? "ragged" : "dense") +
                 " B=" + std::to_string(key[1]) + " Sq=" + std::to_string(key[2]) +
                 " Skv=" + std::to_string(key[3]) + " H=" + std::to_string(key[4]) +
@@ -753,12 +788,12 @@ struct Sdpa::Impl {
     MG_CUDNN_CHECK(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
                                             CUDNN_TYPE_VOID_PTR, 1, &wsp));
     MG_CUDNN_CHECK(cudnnBackendFinalize(vp));
-    if (!plan.candidates.empty()) pick_fastest(plan, vp);
+    bool timed = true;  // the plan ran (and won) on these operands, or was the only one
+    if (!plan.candidates.empty()) timed = pick_fastest(plan, vp);
     if (plan.sets_family) {  // the first of its family: its configuration is the family's
-      if (!plan.positions.empty() && plan.positions.front() >= 0)
-        family_choice.emplace(plan.family, plan.positions.front());
-      else if (!plan.specs.empty() && plan.specs.front().engine >= 0)
-        family_spec.emplace(plan.family, plan.specs.front());
+      // (emplace: a family recorded meanwhile by another of its graphs keeps its choice)
+      if (timed && !plan.specs.empty() && plan.specs.front().engine >= 0)
+        family_choice.emplace(plan.family, plan.specs.front());
       plan.sets_family = false;
     }
     MG_CUDNN_CHECK(cudnnBackendExecute(handle, plan.plan, vp));
@@ -769,29 +804,30 @@ struct Sdpa::Impl {
   // overwritten by the kept plan's run after this. (The seventh session timed first runs
   // only, and varlen at 4k segments measured 555 TFLOP/s against 602 the session before; a
   // choice made on load time is the likely cause.)
-  void pick_fastest(Plan& plan, cudnnBackendDescriptor_t vp) {
+  // Returns whether any candidate ran (else the first is kept, untimed). If the timing
+  // throws, the candidates stay in the plan (its destructor releases them).
+  bool pick_fastest(Plan& plan, cudnnBackendDescriptor_t vp) {
     const double t0 = now();
     std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> all{{plan.plan, plan.workspace}};
     all.insert(all.end(), plan.candidates.begin(), plan.candidates.end());
-    plan.candidates.clear();
     float best_ms = -1.0f;
     const size_t best = fastest_of(
         all.size(), stream,
         [&](size_t i) { return cudnnBackendExecute(handle, all[i].first, vp) == CUDNN_STATUS_SUCCESS; }, &best_ms);
+    plan.candidates.clear();
     for (size_t i = 0; i < all.size(); ++i)
       if (i != best) cudnnBackendDestroyDescriptor(all[i].first);
     plan.plan = all[best].first;
     plan.workspace = all[best].second;
-    if (best < plan.positions.size()) plan.positions = {plan.positions[best]};
     if (best < plan.specs.size()) {
-      if (plan.specs[best].engine >= 0)
-        log_debug("cuDNN SDPA: a knob search variant is the fastest: " + plan.specs[best].str());
       const ConfigSpec keep = plan.specs[best];
       plan.specs = {keep};
     }
     plan_seconds += now() - t0;
-    log_debug("cuDNN SDPA: engine configuration " + std::to_string(best) + " of " +
-              std::to_string(all.size()) + " is the fastest (" + std::to_string(best_ms) + " ms)");
+    log_debug("cuDNN SDPA: configuration " + std::to_string(best) + " of " + std::to_string(all.size()) +
+              " is the fastest (" + std::to_string(best_ms) + " ms): " +
+              (plan.specs.empty() ? std::string("?") : plan.specs.front().str()));
+    return best_ms >= 0.0f;
   }
 };
 
@@ -818,8 +854,8 @@ bool Sdpa::dense(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const 
 // Round a maximum segment length up so that plans are shared between calls whose segments
 // differ slightly (MoGA groups change every block and step): granularity 1/8 of the next
 // power of two, at least 64. The plan's length only bounds the grid (each segment's own
-// length comes with the call), so a rounded-up length adds at most a quarter more query
-// tiles, which find no rows and end at once.
+// length comes with the call), so a rounded-up length adds query tiles that find no rows
+// and end at once: at most a quarter more above 512 tokens, up to 63 rows below.
 static int64_t bucket_len(int64_t s) {
   int64_t p = 1;
   while (p < s) p <<= 1;
