@@ -193,8 +193,10 @@ struct Plan {
   // Other finalized execution plans of the heuristics' list, with their workspace, until
   // the first execution has timed them against `plan` (then the fastest is `plan`).
   std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> candidates;
-  // The configuration of `plan` and of each candidate, in that order (engine -1: unread).
+  // The configuration of `plan` and of each candidate, in that order (engine -1: unread),
+  // and its position in the heuristics' (mode A) list (-1: not from it).
   std::vector<ConfigSpec> specs;
+  std::vector<int64_t> positions;
   std::array<int64_t, 3> family{};  // ragged, H, D
   bool sets_family = false;          // the first of its family: records its choice once run
   Plan() = default;
@@ -335,6 +337,13 @@ class GraphBuilder {
 
 // Key: ragged, B, Sq, Skv, H, D.
 using PlanKey = std::array<int64_t, 6>;
+// A family's choice: the configuration by value, and its position in the first graph's
+// heuristics list, used only where cuDNN does not say what a configuration is.
+struct FamilyChoice {
+  ConfigSpec spec;
+  int64_t position = -1;
+};
+
 // A family of graphs that differ only in B, Sq and Skv: ragged, H, D. Its members rank the
 // same engine configurations alike, so the one timed fastest for the first member is the
 // only one built for the others (MoGA's groups change length at every block and step, and
@@ -486,7 +495,7 @@ std::vector<ConfigSpec> knob_variants(const ConfigSpec& base, const std::vector<
 // the whole list only where neither finalizes. `search`: also knob variants of the
 // heuristics' first (MOGAGEN_SDPA_KNOBS=search). Throws CudnnFailure.
 void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max_candidates,
-                const ConfigSpec* preferred, bool search) {
+                const FamilyChoice* preferred, bool search) {
   const bool ragged = key[0] != 0;
   const int64_t B = key[1], Sq = key[2], Skv = key[3], H = key[4], D = key[5];
   GraphBuilder g(plan);
@@ -558,7 +567,7 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max
   g.finalize(graph);
 
   // a plan for one finalized engine configuration: appended to `plan` (first: the plan)
-  auto add_plan = [&](cudnnBackendDescriptor_t cfg, const ConfigSpec& sp, std::string& why) {
+  auto add_plan = [&](cudnnBackendDescriptor_t cfg, const ConfigSpec& sp, int64_t position, std::string& why) {
     cudnnBackendDescriptor_t p = nullptr;
     MG_CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p));
     cudnnStatus_t st = cudnnBackendSetAttribute(p, kPlanHandleAttr, CUDNN_TYPE_HANDLE, 1, &handle);
@@ -582,6 +591,7 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max
       plan.candidates.emplace_back(p, ws);
     }
     plan.specs.push_back(sp);
+    plan.positions.push_back(position);
     return true;
   };
 
@@ -609,16 +619,22 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max
     std::vector<ConfigSpec> specs(n_cfg);
     for (size_t i = 0; i < n_cfg; ++i) read_config(g, cfgs[i], specs[i], nullptr);
     if (list_a && preferred) {  // the family's choice alone: as listed here, else by value
-      for (size_t i = 0; i < n_cfg; ++i)
-        if (specs[i] == *preferred && add_plan(cfgs[i], specs[i], reasons)) return;
-      if (cudnnBackendDescriptor_t cfg = make_config(g, graph, *preferred))
-        if (add_plan(cfg, *preferred, reasons)) return;
-      log_debug("cuDNN SDPA: the family's configuration (" + preferred->str() +
+      const ConfigSpec& want = preferred->spec;
+      if (want.engine >= 0) {
+        for (size_t i = 0; i < n_cfg; ++i)
+          if (specs[i] == want && add_plan(cfgs[i], specs[i], int64_t(i), reasons)) return;
+        if (cudnnBackendDescriptor_t cfg = make_config(g, graph, want))
+          if (add_plan(cfg, want, -1, reasons)) return;
+      } else if (preferred->position >= 0 && preferred->position < int64_t(n_cfg)) {
+        const size_t i = size_t(preferred->position);  // what the list's position names
+        if (add_plan(cfgs[i], specs[i], preferred->position, reasons)) return;
+      }
+      log_debug("cuDNN SDPA: the family's configuration (" + want.str() +
                 ") does not build for this shape; timing the heuristics' list" + reasons);
     }
     size_t first = n_cfg;  // the list entry of the plan
     for (size_t i = 0; i < n_cfg; ++i) {
-      if (!add_plan(cfgs[i], specs[i], reasons)) continue;
+      if (!add_plan(cfgs[i], specs[i], int64_t(i), reasons)) continue;
       if (first == n_cfg) first = i;
       if (plan.candidates.size() + 1 >= max_candidates) break;
     }
@@ -636,7 +652,7 @@ void build_plan(cudnnHandle_t handle, Plan& plan, const PlanKey& key, size_t max
           for (const ConfigSpec& v : variants) {
             std::string why;
             cudnnBackendDescriptor_t cfg = make_config(g, graph, v);
-            if (cfg && add_plan(cfg, v, why)) ++built;
+            if (cfg && add_plan(cfg, v, -1, why)) ++built;
           }
           log_debug("cuDNN SDPA knob search: " + base.str() + " (" + std::to_string(ranges.size()) +
                     " knobs), " + std::to_string(built) + " of " + std::to_string(variants.size()) +
@@ -662,7 +678,7 @@ struct Sdpa::Impl {
   std::map<PlanKey, std::unique_ptr<Plan>> cache;
   // The configuration timed fastest for the first graph of each family (FamilyKey), by
   // value: the family's later graphs build only it.
-  std::map<FamilyKey, ConfigSpec> family_choice;
+  std::map<FamilyKey, FamilyChoice> family_choice;
 
   bool ready() {
     handle = cudnn.get();
@@ -792,8 +808,8 @@ struct Sdpa::Impl {
     if (!plan.candidates.empty()) timed = pick_fastest(plan, vp);
     if (plan.sets_family) {  // the first of its family: its configuration is the family's
       // (emplace: a family recorded meanwhile by another of its graphs keeps its choice)
-      if (timed && !plan.specs.empty() && plan.specs.front().engine >= 0)
-        family_choice.emplace(plan.family, plan.specs.front());
+      if (timed && !plan.specs.empty() && (plan.specs.front().engine >= 0 || plan.positions.front() >= 0))
+        family_choice.emplace(plan.family, FamilyChoice{plan.specs.front(), plan.positions.front()});
       plan.sets_family = false;
     }
     MG_CUDNN_CHECK(cudnnBackendExecute(handle, plan.plan, vp));
@@ -821,7 +837,9 @@ struct Sdpa::Impl {
     plan.workspace = all[best].second;
     if (best < plan.specs.size()) {
       const ConfigSpec keep = plan.specs[best];
+      const int64_t pos = plan.positions[best];
       plan.specs = {keep};
+      plan.positions = {pos};
     }
     plan_seconds += now() - t0;
     log_debug("cuDNN SDPA: configuration " + std::to_string(best) + " of " + std::to_string(all.size()) +
