@@ -688,6 +688,7 @@ struct Sdpa::Impl {
 
   int64_t plans_built = 0;
   double plan_seconds = 0;  // building plans and timing their candidates (host clock)
+  int64_t timed_choices = 0;  // pick_fastest runs
 
   // Pinned staging for the ragged calls' offsets and lengths: a cudaMemcpyAsync from
   // pageable memory synchronizes the stream before it copies (CUDA runtime API, "API
@@ -824,6 +825,7 @@ struct Sdpa::Impl {
   // throws, the candidates stay in the plan (its destructor releases them).
   bool pick_fastest(Plan& plan, cudnnBackendDescriptor_t vp) {
     const double t0 = now();
+    ++timed_choices;
     std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> all{{plan.plan, plan.workspace}};
     all.insert(all.end(), plan.candidates.begin(), plan.candidates.end());
     float best_ms = -1.0f;
@@ -854,6 +856,7 @@ Sdpa::~Sdpa() = default;
 bool Sdpa::built_with_cudnn() { return true; }
 int64_t Sdpa::plans_built() const { return impl_->plans_built; }
 double Sdpa::plan_seconds() const { return impl_->plan_seconds; }
+int64_t Sdpa::timed_choices() const { return impl_->timed_choices; }
 
 static bool cudnn_head_dim_ok(int64_t d) { return d > 0 && d % 8 == 0 && d <= 256; }
 
@@ -934,6 +937,7 @@ Sdpa::~Sdpa() = default;
 bool Sdpa::built_with_cudnn() { return false; }
 int64_t Sdpa::plans_built() const { return 0; }
 double Sdpa::plan_seconds() const { return 0; }
+int64_t Sdpa::timed_choices() const { return 0; }
 bool Sdpa::dense(DeviceMemory&, const uint16_t*, const uint16_t*, const uint16_t*, uint16_t*,
                  int64_t, int64_t, int64_t, int64_t, float) {
   return false;

@@ -177,6 +177,7 @@ class Sdpa {
   // Plans built so far, and the host seconds spent building them and timing candidates.
   int64_t plans_built() const;
   double plan_seconds() const;
+  int64_t timed_choices() const;  // first runs that timed several configurations
 
  private:
   struct Impl;

@@ -65,12 +65,12 @@ std::unique_ptr<Ops> cuda_ops_float32_convolutions() { return cuda_ops_with_conv
 std::unique_ptr<Ops> cuda_ops_with_env(const std::vector<std::pair<std::string, std::string>>& vars) {
   struct Restore {
     std::vector<std::pair<std::string, std::optional<std::string>>> old;
-    ~Restore() {
-      for (const auto& [name, value] : old) {
-        if (value)
-          ::setenv(name.c_str(), value->c_str(), 1);
+    ~Restore() {  // in reverse: a name given twice gets its first saved value back
+      for (auto it = old.rbegin(); it != old.rend(); ++it) {
+        if (it->second)
+          ::setenv(it->first.c_str(), it->second->c_str(), 1);
         else
-          ::unsetenv(name.c_str());
+          ::unsetenv(it->first.c_str());
       }
     }
   } restore;
@@ -604,8 +604,9 @@ TEST(CudaOps, AttentionVarlen) {
 // Plans by family (dense or ragged, heads, head size): the first shape of a family times its
 // candidates, the later ones build only the chosen configuration; with
 // MOGAGEN_SDPA_KNOBS=search the first also times knob variants, and a winning variant is
-// rebuilt by value for the later shapes. Every path gives the CPU's values, and a later
-// shape of a family builds exactly one plan.
+// rebuilt by value for the later shapes. Every path gives the CPU's values, every new shape
+// builds one plan, and no later shape of a family (nor any shape with one candidate) times
+// configurations again.
 TEST(CudaOps, AttentionPlanFamilies) {
   REQUIRE_CUDA();
   Backends b;
@@ -615,8 +616,10 @@ TEST(CudaOps, AttentionPlanFamilies) {
                        one = cuda_ops_with_env({{"MOGAGEN_SDPA_CANDIDATES", "1"}});
   for (Ops* g : {b.gpu.get(), knobs.get(), one.get()}) {
     SCOPED_TRACE(g == b.gpu.get() ? "default" : g == knobs.get() ? "knob search" : "one candidate");
-    // ragged: three shapes whose longest segments fall in different length buckets
+    const bool one_candidate = g == one.get();
     int seed = 140;
+    bool first = true;
+    // ragged: three shapes whose longest segments fall in different length buckets
     for (const CuSeqlens& cu : {CuSeqlens{0, 70, 200, 230}, CuSeqlens{0, 500, 530, 900}, CuSeqlens{0, 40, 1100}}) {
       const int64_t n = cu.back();
       const Tensor q = randn({n, h, d}, seed++), k = randn({n, h, d}, seed++), v = randn({n, h, d}, seed++);
@@ -627,7 +630,12 @@ TEST(CudaOps, AttentionPlanFamilies) {
       EXPECT_EQ(s1.fused_calls - s0.fused_calls, 1);
       EXPECT_EQ(s1.f32_calls, s0.f32_calls);
       EXPECT_EQ(s1.plans - s0.plans, 1) << "one plan for each new shape";
+      if (!first || one_candidate) {
+        EXPECT_EQ(s1.timed_choices, s0.timed_choices) << "timed again";
+      }
+      first = false;
     }
+    first = true;
     // dense: two shapes of one family
     for (const int64_t n : {int64_t{190}, int64_t{333}}) {
       const Tensor q = randn({n, h, d}, seed++), k = randn({n + 7, h, d}, seed++), v = randn({n + 7, h, d}, seed++);
@@ -637,6 +645,10 @@ TEST(CudaOps, AttentionPlanFamilies) {
       const Ops::AttentionStats s1 = g->attention_stats();
       EXPECT_EQ(s1.fused_calls - s0.fused_calls, 1);
       EXPECT_EQ(s1.plans - s0.plans, 1);
+      if (!first || one_candidate) {
+        EXPECT_EQ(s1.timed_choices, s0.timed_choices) << "timed again";
+      }
+      first = false;
     }
   }
 }

@@ -16,8 +16,10 @@
 #           test), then the verify commands and the renders (a minute less)
 #   model   issue 6: the model trained in .train/model copied out to $OUT/model, then the
 #           semantic tests on it (tests/test_default_model.cpp, about 3 minutes)
-#   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B and 14B DiT, the VAE with its
-#           profile, attention alone (dense, varlen, MoGA's calls)
+#   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B DiT (with the GPU's clocks
+#           recorded beside it, and again with the cuDNN knob search) and the 14B DiT, the
+#           VAE in each convolution mode with its profile, attention alone (dense, varlen,
+#           MoGA's calls; again with the knob search)
 #   moga    issue 5: MoGA (M = 5) forwards at 187,200 tokens for 14B and 1.3B with their
 #           profiles, then the dense ones; the routers are calibrated to balanced groups
 #           first (mogagen_bench --router balanced) (about 7 minutes)
@@ -155,7 +157,7 @@ if want bench; then
   step "bench VAE, MOGAGEN_CONV=bf16 (channels first)" env MOGAGEN_CONV=bf16 build/mogagen_bench vae --profile on
   step "bench VAE, MOGAGEN_CONV=cudnn (float32 data)" env MOGAGEN_CONV=cudnn build/mogagen_bench vae --profile on
   step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
-  step "bench attention, MOGAGEN_SDPA_KNOBS=search" env MOGAGEN_SDPA_KNOBS=search build/mogagen_bench attention
+  step "bench attention, MOGAGEN_SDPA_KNOBS=search" env MOGAGEN_SDPA_KNOBS=search build/mogagen_bench attention --log verbose
 fi
 B="build/mogagen_bench dit --frames 120 --height 60 --width 104"  # 187,200 tokens
 if want moga; then

@@ -90,7 +90,7 @@ case "${1:-}" in
       --gtest_filter=DefaultModel.CpuAndGpuAgree >"$OUT/agree.log" 2>&1
     echo "CpuAndGpuAgree: exit $?"
     grep -E "PSNR" "$OUT/agree.log"
-    T5_POLICIES=split-qk OUT="$OUT" tools/device-check.sh bench >"$OUT/bench.log" 2>&1
+    T5_POLICIES=split-qk OUT="$OUT" timeout 420 tools/device-check.sh bench >"$OUT/bench.log" 2>&1
     grep -E "==|median|decode|TFLOP/s|attention:" "$OUT/device-check.txt" | cut -c1-200
     ;;
   moga)

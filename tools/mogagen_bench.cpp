@@ -130,9 +130,10 @@ void print_profile(Model& m, Run run, const char* what, const char* rest) {
 // segment by segment, and calls that fell back to float32. Any plan building or fallback
 // inside a timed run shows here.
 void print_attention_stats(const char* what, const Ops::AttentionStats& a, const Ops::AttentionStats& b) {
-  std::printf("%s attention: %lld plans built (%.2f s), %lld fused calls, %lld segment by segment, "
-              "%lld float32 fallbacks\n",
+  std::printf("%s attention: %lld plans built (%.2f s, %lld of them timing configurations), %lld fused "
+              "calls, %lld segment by segment, %lld float32 fallbacks\n",
               what, (long long)(b.plans - a.plans), b.plan_seconds - a.plan_seconds,
+              (long long)(b.timed_choices - a.timed_choices),
               (long long)(b.fused_calls - a.fused_calls), (long long)(b.per_segment_calls - a.per_segment_calls),
               (long long)(b.f32_calls - a.f32_calls));
 }
@@ -407,7 +408,13 @@ int main(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::stoi(v);
     else if (k == "--router") a.router = v;
     else if (k == "--layers") a.layers = std::stoi(v);
-    else if (k == "--log" && (v == "quiet" || v == "info" || v == "verbose")) set_log_level(v);
+    else if (k == "--log") {
+      if (v != "quiet" && v != "info" && v != "verbose") {
+        std::fprintf(stderr, "mogagen_bench: --log: expected quiet, info or verbose, found '%s'\n", v.c_str());
+        return 2;
+      }
+      set_log_level(v);
+    }
     else {
       std::fprintf(stderr, "mogagen_bench: unknown option %s\n", k.c_str());
       return 2;

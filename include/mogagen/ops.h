@@ -61,6 +61,9 @@ class Ops {
     int64_t fused_calls = 0;
     int64_t per_segment_calls = 0;
     int64_t f32_calls = 0;
+    // plans whose first run timed several configurations (a family's first shape; its later
+    // shapes build the family's choice alone)
+    int64_t timed_choices = 0;
   };
   virtual AttentionStats attention_stats() { return {}; }
 

@@ -1080,6 +1080,7 @@ class CudaOps final : public Ops {
     AttentionStats a = att_stats_;
     a.plans = sdpa_->plans_built();
     a.plan_seconds = sdpa_->plan_seconds();
+    a.timed_choices = sdpa_->timed_choices();
     return a;
   }
 
@@ -1303,7 +1304,8 @@ class CudaOps final : public Ops {
     return s;
   }
 
-  // conv3d through cuDNN with bf16 data (MOGAGEN_CONV=bf16): [front, x] (each float32 or
+  // conv3d through cuDNN with bf16 data, channels first (MOGAGEN_CONV=bf16; under the
+  // channels-last default, the channel counts that are not multiples of 8): [front, x] (each float32 or
   // held bf16; front may be undefined) is written once as the bf16 input with the causal
   // front frames zeroed, the weight's bf16 copy is made on its first use and kept, and the
   // bf16 output is widened to y with the bias in one pass. s describes the whole input
@@ -1338,7 +1340,7 @@ class CudaOps final : public Ops {
                                    s.to * s.ho * s.wo, stream_);
     return true;
   }
-  // conv3d_bf16 on channels-last copies (MOGAGEN_CONV=bf16-ndhwc): [front, x] written once as
+  // conv3d_bf16 on channels-last copies (the default, MOGAGEN_CONV=bf16-ndhwc): [front, x] written once as
   // the bf16 input [t, h, w, ci] (causal front frames zeroed), the weight's channels-last bf16
   // copy made once and kept, and the output [to, ho, wo, co] widened back to [co, to, ho, wo]
   // with the bias (and residual) in one transposing pass. False, having written nothing to y,
