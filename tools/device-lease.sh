@@ -5,7 +5,7 @@
 #
 #   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
 #   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
-#   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree on the model + device-check bench (~400 s)
+#   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree, device-check bench, 1.3B MoGA (~450 s)
 #   OUT=$OUT tools/device-lease.sh peer      # issue 4's four peer targets (umT5, VAE, compiled DiTs)
 #
 # Run `peer` only where `measure` put the 1.3B forward at or under 0.474 s (0.90x of the
@@ -92,6 +92,11 @@ case "${1:-}" in
     grep -E "PSNR" "$OUT/agree.log"
     T5_POLICIES=split-qk OUT="$OUT" timeout 420 tools/device-check.sh bench >"$OUT/bench.log" 2>&1
     grep -E "==|median|decode|TFLOP/s|attention:" "$OUT/device-check.txt" | cut -c1-200
+    # issue 5's 1.3B MoGA forward again (3.40 s in the eighth session): the plan families
+    # were revised after that lease (choices kept by value)
+    timeout 90 build/mogagen_bench dit --frames 120 --height 60 --width 104 --model 1.3b --attention moga \
+      --groups 5 --iters 1 >"$OUT/moga13b.log" 2>&1
+    grep -E "median|plans built" "$OUT/moga13b.log" | cut -c1-200
     ;;
   moga)
     MOGA_DENSE=1.3b OUT="$OUT" timeout 560 tools/device-check.sh moga >"$OUT/moga.log" 2>&1
