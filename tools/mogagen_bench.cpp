@@ -241,7 +241,7 @@ int bench_dit(const Args& a, Ops& ops) {
     // and the share of MoGA's routing and permutation (issue 5). At the first timed
     // forward's timestep, so that it routes alike and does the same work (profiles at
     // another timestep, where the routers calibrated at the timed one leave larger groups,
-    // gave the group branch 1.9x (1.3B) and 4.6x (14B) its time in the timed forward).
+    // gave the group branch 1.9x (1.3B) and about 4.6x (14B) its time in the timed forward).
     const Ops::AttentionStats st2 = ops.attention_stats();
     print_profile(dit, [&] { dit.forward(x, 500.0, text, {}, mode); }, "dit",
                   "(time embedding, patchify, modulation, head, download)");

@@ -1305,12 +1305,12 @@ class CudaOps final : public Ops {
   }
 
   // conv3d through cuDNN with bf16 data, channels first (MOGAGEN_CONV=bf16; under the
-  // channels-last default, the channel counts that are not multiples of 8): [front, x] (each float32 or
-  // held bf16; front may be undefined) is written once as the bf16 input with the causal
-  // front frames zeroed, the weight's bf16 copy is made on its first use and kept, and the
-  // bf16 output is widened to y with the bias in one pass. s describes the whole input
-  // (s.t = front's frames + x's). False, having written nothing to y, where cuDNN has no
-  // algorithm.
+  // channels-last default, the channel counts that are not multiples of 8): [front, x]
+  // (each float32 or held bf16; front may be undefined) is written once as the bf16 input
+  // with the causal front frames zeroed, the weight's bf16 copy is made on its first use and
+  // kept, and the bf16 output is widened to y with the bias in one pass. s describes the
+  // whole input (s.t = front's frames + x's). False, having written nothing to y, where
+  // cuDNN has no algorithm.
   bool conv3d_bf16(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* bias,
                    const Conv3dShape& s, int64_t co, Tensor& y, const Tensor* residual = nullptr) {
     if (conv_ndhwc_ && s.ci % 8 == 0 && co % 8 == 0 && conv3d_bf16_ndhwc(front, x, w, bias, s, co, y, residual))
@@ -1340,10 +1340,10 @@ class CudaOps final : public Ops {
                                    s.to * s.ho * s.wo, stream_);
     return true;
   }
-  // conv3d_bf16 on channels-last copies (the default, MOGAGEN_CONV=bf16-ndhwc): [front, x] written once as
-  // the bf16 input [t, h, w, ci] (causal front frames zeroed), the weight's channels-last bf16
-  // copy made once and kept, and the output [to, ho, wo, co] widened back to [co, to, ho, wo]
-  // with the bias (and residual) in one transposing pass. False, having written nothing to y,
+  // conv3d_bf16 on channels-last copies (the default, MOGAGEN_CONV=bf16-ndhwc): [front, x]
+  // written once as the bf16 input [t, h, w, ci] (causal front frames zeroed), the weight's
+  // channels-last bf16 copy made once and kept, and the output [to, ho, wo, co] widened back
+  // to [co, to, ho, wo] with the bias (and residual) in one transposing pass. False, having written nothing to y,
   // where cuDNN has no algorithm (conv3d_bf16 then runs channels first).
   bool conv3d_bf16_ndhwc(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* bias,
                          const Conv3dShape& s, int64_t co, Tensor& y, const Tensor* residual) {
