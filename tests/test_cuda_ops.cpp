@@ -614,9 +614,14 @@ TEST(CudaOps, AttentionPlanFamilies) {
   const int64_t h = 4, d = 128;
   const float sc = 1.0f / std::sqrt(float(d));
   std::unique_ptr<Ops> knobs = cuda_ops_with_env({{"MOGAGEN_SDPA_KNOBS", "search"}}),
-                       one = cuda_ops_with_env({{"MOGAGEN_SDPA_CANDIDATES", "1"}});
-  for (Ops* g : {b.gpu.get(), knobs.get(), one.get()}) {
-    SCOPED_TRACE(g == b.gpu.get() ? "default" : g == knobs.get() ? "knob search" : "one candidate");
+                       one = cuda_ops_with_env({{"MOGAGEN_SDPA_CANDIDATES", "1"}}),
+                       // values out of range: a warning each, then the defaults (4, no search)
+                       bad = cuda_ops_with_env({{"MOGAGEN_SDPA_CANDIDATES", "0"}, {"MOGAGEN_SDPA_KNOBS", "maybe"}});
+  for (Ops* g : {b.gpu.get(), knobs.get(), one.get(), bad.get()}) {
+    SCOPED_TRACE(g == b.gpu.get()   ? "default"
+                 : g == knobs.get() ? "knob search"
+                 : g == one.get()   ? "one candidate"
+                                    : "bad values");
     const bool one_candidate = g == one.get(), strict = g != knobs.get();
     int seed = 140;
     bool first = true;
