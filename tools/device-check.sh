@@ -34,7 +34,7 @@
 # tf32-except-qk exact tf32"), MOGA_DENSE (moga's dense forwards; default "1.3b 14b", the
 # 14B one takes about two minutes), LONG_NO_VAE=1 (long without the minute-long VAE decode),
 # PEER_PARTS (peer; default "t5 vae dit13c dit14c attn dit13 dit14": issue 4's four targets
-# are the first four).
+# are the first four), BENCH_SHORT=1 (bench without the VAE's two non-default modes).
 # The report goes to stdout and to $OUT/device-check.txt when OUT is set, each step's whole
 # output to $OUT/logs/. The exit status
 # is the number of failed steps (0: all passed).
@@ -154,8 +154,10 @@ if want bench; then
     build/mogagen_bench dit --model 1.3b --iters 3 --log verbose
   step "bench DiT 14B" build/mogagen_bench dit --model 14b --iters 3 --profile on
   step "bench VAE (bf16 convolutions on channels-last copies, the default)" build/mogagen_bench vae --profile on
-  step "bench VAE, MOGAGEN_CONV=bf16 (channels first)" env MOGAGEN_CONV=bf16 build/mogagen_bench vae --profile on
-  step "bench VAE, MOGAGEN_CONV=cudnn (float32 data)" env MOGAGEN_CONV=cudnn build/mogagen_bench vae --profile on
+  if [ -z "${BENCH_SHORT:-}" ]; then
+    step "bench VAE, MOGAGEN_CONV=bf16 (channels first)" env MOGAGEN_CONV=bf16 build/mogagen_bench vae --profile on
+    step "bench VAE, MOGAGEN_CONV=cudnn (float32 data)" env MOGAGEN_CONV=cudnn build/mogagen_bench vae --profile on
+  fi
   step "bench attention (dense, varlen, MoGA's calls)" build/mogagen_bench attention
   step "bench attention, MOGAGEN_SDPA_KNOBS=search" env MOGAGEN_SDPA_KNOBS=search build/mogagen_bench attention --log verbose
 fi

@@ -6,7 +6,8 @@
 //                 [--device cuda] [--profile on] [--log quiet|info|verbose]
 //   mogagen_bench vae [--frames 21 --height 60 --width 104] [--profile on]
 //   mogagen_bench t5 [--tokens 512] [--profile on]
-//   mogagen_bench attention [--tokens N --segment S --heads H]   (head size 128; S = 0: dense)
+//   mogagen_bench attention [--tokens N --segment S --heads H] [--operands small|unit]
+//                 (head size 128; S = 0: dense; operands in [-1/2, 1/2) or of unit size)
 //
 // Weights are views into one shared pool of random bf16 values (the values do not matter
 // for speed, but they are never zeros). MoGA's speed does depend on the routing: random
@@ -43,6 +44,7 @@ struct Args {
   int layers = 0;  // 0: the model's; fewer for quick looks (routing, CPU runs)
   int heads = 40, segment = -1;  // attention: one case of --tokens split into --segment
   bool tokens_set = false;
+  std::string operands = "small";  // attention: "unit" draws q, k, v of RMSNorm-like size
   bool profile = false;
   int warmup = 1;  // untimed forwards first (plans, allocator); 0 for very long runs
 };
@@ -285,7 +287,8 @@ int bench_vae(const Args& a, Ops& ops) {
 // heads of head size d, bf16 operands filled with hashed values (the speed does not depend
 // on them). One untimed call builds the cuDNN plan; then the median of the timed calls.
 void bench_attention_case(Ops& ops, const char* what, const std::vector<int64_t>& seg_q,
-                          const std::vector<int64_t>& seg_kv, int64_t H, int64_t d, int iters) {
+                          const std::vector<int64_t>& seg_kv, int64_t H, int64_t d, int iters,
+                          bool unit = false) {
   int64_t nq = 0, nk = 0;
   double pairs = 0;
   CuSeqlens cq{0}, ck{0};
@@ -301,8 +304,10 @@ void bench_attention_case(Ops& ops, const char* what, const std::vector<int64_t>
     uint32_t x = seed * 2654435761u + 1;
     for (int64_t i = 0; i < h.numel(); ++i) {
       x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-      // bf16 values in [-1, 1): sign, exponent 121..126, random mantissa
-      p[i] = uint16_t(((x >> 31) << 15) | ((121 + (x >> 8) % 6) << 7) | (x & 0x7f));
+      // bf16 values of magnitude 2^-6 to 1 (exponent 121..126), or with --operands unit
+      // 1/16 to 4 (123..128: about the unit RMS of RMS-normed q and k); random mantissa
+      const uint32_t e = (unit ? 123 : 121) + (x >> 8) % 6;
+      p[i] = uint16_t(((x >> 31) << 15) | (e << 7) | (x & 0x7f));
     }
     return ops.weight(h, false);
   };
@@ -322,8 +327,9 @@ void bench_attention_case(Ops& ops, const char* what, const std::vector<int64_t>
   }
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2], flops = 4.0 * pairs * double(H) * double(d);
-  std::printf("attention %-44s H=%-3lld d=%lld tokens=%-7lld %8.3f ms  %6.1f TFLOP/s\n", what,
-              (long long)H, (long long)d, (long long)nq, med * 1e3, flops / med / 1e12);
+  std::printf("attention %-44s H=%-3lld d=%lld tokens=%-7lld %8.3f ms  %6.1f TFLOP/s%s\n", what,
+              (long long)H, (long long)d, (long long)nq, med * 1e3, flops / med / 1e12,
+              unit ? " (unit operands)" : "");
 }
 
 // Issue 4's attention targets (dense at 40 and 12 heads x 32,760 tokens; varlen segments of
@@ -340,7 +346,7 @@ int bench_attention(const Args& a, Ops& ops) {
   if (a.segment >= 0 && a.tokens_set) {
     const auto s = a.segment > 0 ? split(a.tokens, a.segment) : std::vector<int64_t>{a.tokens};
     const std::string what = a.segment > 0 ? "varlen, segments of " + std::to_string(a.segment) : "dense";
-    bench_attention_case(ops, what.c_str(), s, s, a.heads, d, a.iters);
+    bench_attention_case(ops, what.c_str(), s, s, a.heads, d, a.iters, a.operands == "unit");
     return 0;
   }
   bench_attention_case(ops, "dense (14B shape)", {32760}, {32760}, 40, d, a.iters);
@@ -408,6 +414,13 @@ int main(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::stoi(v);
     else if (k == "--router") a.router = v;
     else if (k == "--layers") a.layers = std::stoi(v);
+    else if (k == "--operands") {
+      if (v != "small" && v != "unit") {
+        std::fprintf(stderr, "mogagen_bench: --operands: expected small or unit, found '%s'\n", v.c_str());
+        return 2;
+      }
+      a.operands = v;
+    }
     else if (k == "--log") {
       if (v != "quiet" && v != "info" && v != "verbose") {
         std::fprintf(stderr, "mogagen_bench: --log: expected quiet, info or verbose, found '%s'\n", v.c_str());
