@@ -7,6 +7,7 @@
 #   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
 #   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree, device-check bench, 1.3B MoGA, clocks (~450 s)
 #   OUT=$OUT tools/device-lease.sh peer      # issue 4's four peer targets (umT5, VAE, compiled DiTs)
+#   OUT=$OUT tools/device-lease.sh diag13    # CpuAndGpuAgree, 1.3B MoGA, clocks beside the 1.3B (~150 s)
 #
 # Run `peer` only where `measure` put the 1.3B forward at or under 0.474 s (0.90x of the
 # compiled peer's last numbers): issue 4 closes on same-lease ratios only.
@@ -135,6 +136,18 @@ case "${1:-}" in
     grep -E "median|plans built" "$OUT/moga13b.log" | cut -c1-200
     clocks
     ;;
+  diag13)
+    # the trained model on both devices, then issue 5's 1.3B MoGA forward after the plan
+    # family revision, then why the 1.3B's attention is slower in its forward (clocks)
+    env MOGAGEN_TEST_MODEL="$PWD/.train/model" timeout 150 build/mogagen_tests \
+      --gtest_filter=DefaultModel.CpuAndGpuAgree >"$OUT/agree.log" 2>&1
+    echo "CpuAndGpuAgree: exit $?"
+    grep -E "PSNR" "$OUT/agree.log"
+    timeout 60 build/mogagen_bench dit --frames 120 --height 60 --width 104 --model 1.3b --attention moga \
+      --groups 5 --iters 1 >"$OUT/moga13b.log" 2>&1
+    grep -E "median|plans built" "$OUT/moga13b.log" | cut -c1-200
+    clocks
+    ;;
   moga)
     MOGA_DENSE=1.3b OUT="$OUT" timeout 560 tools/device-check.sh moga >"$OUT/moga.log" 2>&1
     grep -hE "median|attention:|routing \(timed|profile|self-attention|== " "$OUT"/logs/*.log "$OUT/device-check.txt" \
@@ -150,7 +163,7 @@ case "${1:-}" in
     grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
     ;;
   *)
-    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|peer|moga|long" >&2
+    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|diag13|peer|moga|long" >&2
     exit 2
     ;;
 esac
