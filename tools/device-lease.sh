@@ -8,6 +8,7 @@
 #   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree, device-check bench, 1.3B MoGA, clocks (~450 s)
 #   OUT=$OUT tools/device-lease.sh peer      # issue 4's four peer targets (umT5, VAE, compiled DiTs)
 #   OUT=$OUT tools/device-lease.sh diag13    # CpuAndGpuAgree, 1.3B MoGA, clocks beside the 1.3B (~150 s)
+#   OUT=$OUT tools/device-lease.sh sweep     # a trained model's semantic tests over seeds and settings
 #
 # Run `peer` only where `measure` put the 1.3B forward at or under 0.474 s (0.90x of the
 # compiled peer's last numbers): issue 4 closes on same-lease ratios only.
@@ -148,6 +149,17 @@ case "${1:-}" in
     grep -E "median|plans built" "$OUT/moga13b.log" | cut -c1-200
     clocks
     ;;
+  sweep)
+    # issue 6: a trained model (carried in .train/model12) over seeds the semantic tests do
+    # not use and several sampling settings (tools/train/sweep.sh), for its defaults
+    bash .debs/setup.sh >"$OUT/setup.log" 2>&1
+    (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOGAGEN_CUDA=ON &&
+      cmake --build build -j "$(nproc)" --target mogagen clip_report) >"$OUT/build.log" 2>&1 ||
+      { tail -30 "$OUT/build.log"; exit 1; }
+    JOBS=12 SWEEP_SECONDS="${SWEEP_SECONDS:-400}" tools/train/sweep.sh "${SWEEP_MODEL:-.train/model12}" "$OUT/sweep" \
+      "${SWEEP_SEEDS:-200 201 202 203 204 205}" "" "--guidance 7" "--sampler euler" "--guidance 3.5" \
+      "--steps 50" "--shift 5" "--guidance 9" "--shift 2"
+    ;;
   moga)
     MOGA_DENSE=1.3b OUT="$OUT" timeout 560 tools/device-check.sh moga >"$OUT/moga.log" 2>&1
     grep -hE "median|attention:|routing \(timed|profile|self-attention|== " "$OUT"/logs/*.log "$OUT/device-check.txt" \
@@ -163,7 +175,7 @@ case "${1:-}" in
     grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
     ;;
   *)
-    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|diag13|peer|moga|long" >&2
+    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|diag13|sweep|peer|moga|long" >&2
     exit 2
     ;;
 esac
