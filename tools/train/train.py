@@ -665,7 +665,8 @@ def export(a, model, cfg, dec, mean, std, prep, text, info):
     index = {"_class_name": "WanPipeline",
              "_mogagen": {"name": "mogagen-shapes", "trained": True,
                           "defaults": {"size": f"{a.width}x{a.height}", "frames": 49, "steps": 25,
-                                       "shift": a.shift, "guidance": 5.0, "negative_prompt": "",
+                                       "shift": a.sample_shift, "guidance": a.sample_guidance,
+                                       "negative_prompt": "",
                                        "fps": 24}},
              "transformer": ["diffusers", "WanTransformer3DModel"],
              "text_encoder": ["transformers", "UMT5EncoderModel"],
@@ -720,8 +721,9 @@ beyond it: unknown words reach the text encoder as unknown pieces.
 - umT5 encoder: width 64, 2 layers, {"trained with the DiT" if d.get("text_encoder") == "trained" else "random and frozen"}. \
 SentencePiece BPE tokenizer with 128 pieces over the grammar, case-folding.
 - Wan2.1 VAE decoder: base width 16, z 16. Latent mean and std are in `vae/config.json`.
-- Sampling defaults in `model_index.json`: 25 UniPC steps, shift {a.shift}, guidance 5,
-  empty negative prompt, {a.width}x{a.height}, 49 frames.
+- Sampling defaults in `model_index.json`: 25 UniPC steps, shift {a.sample_shift:g}, guidance
+  {a.sample_guidance:g}, empty negative prompt, {a.width}x{a.height}, 49 frames
+  (`--sample-shift`, `--sample-guidance`; docs/training.md says how they were chosen).
 
 ## Training
 Seed {info['seed']}, torch {info['torch']}. Training time: {v['seconds'] + d['seconds']:.0f} s on \
@@ -800,6 +802,11 @@ def main():
                     help="backgrounds brighten towards the top by this much (0: flat, as up to run 10); "
                          "flat backgrounds leave a token-wise router nothing to split them by")
     ap.add_argument("--balance", type=float, default=0.05)
+    ap.add_argument("--sample-guidance", type=float, default=3.5,
+                    help="the exported model's default guidance (run 12's sweep: 3.5 keeps every MoGA group "
+                         "under 2x its fair share, 5 does not)")
+    ap.add_argument("--sample-shift", type=float, default=7.0,
+                    help="the exported model's default sampling shift (run 12's sweep)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--shift", type=float, default=3.0)
     ap.add_argument("--samples", default="", help="write check samples (PPM) to this folder")
