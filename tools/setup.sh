@@ -10,7 +10,7 @@ mkdir -p out
 MODEL_ARGS=()
 SHOTS=configs/shapes-shots.json
 if [ ! -f models/default/model_index.json ]; then
-  # No trained default model in this checkout yet (docs/training.md): render with a
+  # No default model in this checkout (models/default, docs/training.md): render with a
   # random-weight tiny model so the whole pipeline still runs end to end (the video is
   # noise-like, not a picture).
   if [ ! -f out/tiny-model/model_index.json ]; then
