@@ -160,3 +160,25 @@ TEST_F(DefaultModel, CpuAndGpuAgree) {
   std::printf("CPU vs GPU PSNR: %.2f dB\n", psnr);
   EXPECT_GE(psnr, 30.0);
 }
+
+// `mogagen --prompt` with no --model renders with models/default, beside the binary's
+// source tree, at that model's default size.
+TEST_F(DefaultModel, UsedWhenNoModelIsGiven) {
+  if (std::getenv("MOGAGEN_TEST_MODEL"))
+    GTEST_SKIP() << "MOGAGEN_TEST_MODEL names another model; this test is about models/default";
+  std::error_code ec;
+  const fs::path beside = fs::path(bin()).parent_path() / ".." / "models" / "default";
+  if (!fs::equivalent(beside, fs::path(model_.dir), ec))
+    GTEST_SKIP() << "this build's binary is not in the source tree (" << bin()
+                 << "): it looks for models/default beside itself";
+  const std::string raw = tmpdir("default-model-implicit") + "/frames.rgb";
+  const auto r = sh("env -u MOGAGEN_MODEL " + bin() +
+                    " --device cpu -v --steps 2 --frames 5 --seed 3 --dump-rgb " + q(raw) +
+                    " -p 'a red circle moves right on a black background'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string dir = fs::weakly_canonical(fs::path(model_.dir), ec).string();
+  EXPECT_NE(r.out.find("loaded " + dir + " "), std::string::npos) << r.out;
+  const video::Clip c = video::read_rgb(raw, model_.width, model_.height);
+  EXPECT_EQ(c.frames, 5);
+  EXPECT_EQ(c.rgb.size(), size_t(5) * model_.width * model_.height * 3);
+}
