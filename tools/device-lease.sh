@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# The next device lease (docs/training.md, "Next run"; docs/performance.md) as short calls,
-# each one a single command for the device tool, so that the next call can be issued within
-# the 30 s before an idle machine is released. The next lease (issues 6 and 4):
+# Device leases (docs/performance.md, docs/training.md) as short calls, each one a single
+# command for the device tool, so that the next call can be issued within the 30 s before
+# an idle machine is released. The next lease (issue 4):
 #
-#   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
-#   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
 #   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree, device-check bench, 1.3B MoGA, clocks (~450 s)
 #   OUT=$OUT tools/device-lease.sh peer      # issue 4's four peer targets (umT5, VAE, compiled DiTs)
+#
+# issue 4 closes on same-lease ratios only, so `peer` follows `measure` in the same lease.
+# For a training run (issue 6; run 12 ships since the ninth session):
+#   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
+#   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
 #   OUT=$OUT tools/device-lease.sh diag13    # CpuAndGpuAgree, 1.3B MoGA, clocks beside the 1.3B (~150 s)
 #   OUT=$OUT tools/device-lease.sh sweep     # a trained model's semantic tests over seeds and settings
-#
-# Run `peer` only where `measure` put the 1.3B forward at or under 0.474 s (0.90x of the
-# compiled peer's last numbers): issue 4 closes on same-lease ratios only.
 # Earlier leases' steps, kept for re-measuring: diag, issue5, issue5b (eighth session),
 # moga, long (issue 5 at 187,200 and 563,160 tokens).
 #
-# Carry [".train/prep", ".debs", ".golden"] (and ".peer" for the peer). Each part writes its
-# logs under $OUT and prints a short summary.
+# Carry [".debs", ".golden"] (".peer" for the peer, ".train/prep" for training,
+# ".train/model12" for the sweep). Each part writes its logs under $OUT and prints a short
+# summary. CpuAndGpuAgree tests the model trained in this machine's .train/model where
+# there is one, else models/default.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the output folder of the device tool}"
@@ -24,6 +26,15 @@ cd "$(dirname "$0")/.."
 FLAGS=(--prep .train/prep --out .train/model --seed 1 --vae-seconds 240 --dit-seconds 720 --lr-decay cosine
        --moga-impl mask --masked-kernel fused --object-weight 8 --vae-object-weight 8 --uniform-t 0.4
        --balance 0.2 --bg-shading 0.12 --data-reuse 2)
+
+# DefaultModel.CpuAndGpuAgree on the model trained here (.train/model), else models/default
+agree_model() {
+  if [ -f .train/model/model_index.json ]; then
+    env MOGAGEN_TEST_MODEL="$PWD/.train/model" timeout 150 build/mogagen_tests --gtest_filter=DefaultModel.CpuAndGpuAgree
+  else
+    timeout 150 build/mogagen_tests --gtest_filter=DefaultModel.CpuAndGpuAgree
+  fi
+}
 
 copy_model() {
   mkdir -p "$OUT/model" &&
@@ -124,8 +135,7 @@ case "${1:-}" in
     grep -E "dit done|routers calibrated|semantic:|check:" "$OUT/train2.log" | cut -c1-300
     ;;
   measure)
-    env MOGAGEN_TEST_MODEL="$PWD/.train/model" timeout 150 build/mogagen_tests \
-      --gtest_filter=DefaultModel.CpuAndGpuAgree >"$OUT/agree.log" 2>&1
+    agree_model >"$OUT/agree.log" 2>&1
     echo "CpuAndGpuAgree: exit $?"
     grep -E "PSNR" "$OUT/agree.log"
     BENCH_SHORT=1 T5_POLICIES=split-qk OUT="$OUT" timeout 330 tools/device-check.sh bench >"$OUT/bench.log" 2>&1
@@ -140,8 +150,7 @@ case "${1:-}" in
   diag13)
     # the trained model on both devices, then issue 5's 1.3B MoGA forward after the plan
     # family revision, then why the 1.3B's attention is slower in its forward (clocks)
-    env MOGAGEN_TEST_MODEL="$PWD/.train/model" timeout 150 build/mogagen_tests \
-      --gtest_filter=DefaultModel.CpuAndGpuAgree >"$OUT/agree.log" 2>&1
+    agree_model >"$OUT/agree.log" 2>&1
     echo "CpuAndGpuAgree: exit $?"
     grep -E "PSNR" "$OUT/agree.log"
     timeout 60 build/mogagen_bench dit --frames 120 --height 60 --width 104 --model 1.3b --attention moga \
