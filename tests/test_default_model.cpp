@@ -82,7 +82,7 @@ class DefaultModel : public ::testing::Test {
 // share in any block or step), and the motion words must be followed well above chance:
 // at least 4 of the 6 prompts that name a direction move that way (more than 0.3 px per
 // frame). A model deaf to the motion words moves the named way about one time in four
-// (P(4 or more of 6) = 3.8%); the shipped model follows them in 77% of the renders of a
+// (P(4 or more of 6) = 3.8%); the shipped model follows them in 79% of the renders of a
 // sweep over other seeds (docs/training.md), not in every one, so a per-prompt motion
 // assertion would test the seeds, not the model.
 TEST_F(DefaultModel, SingleColourPromptsShowTheNamedColourAndMotion) {

@@ -10,11 +10,12 @@
 #   e.g. tools/train/sweep.sh .train/model $OUT/sweep "200 201 202" "--guidance 5" "--sampler euler --guidance 5"
 #
 # A SETTING is a string of mogagen flags. Environment: BUILD (build), DEVICE (cuda), JOBS
-# (parallel renders, 8), SWEEP_SECONDS (renders still queued then are dropped). Writes OUT_DIR/results.tsv (a line a render), OUT_DIR/summary.txt
-# (a line a setting) and OUT_DIR/logs.tgz (every render's log); prints the summary.
+# (parallel renders, 8), SWEEP_SECONDS (renders still queued then are dropped). Writes
+# OUT_DIR/results.tsv (a line a render), OUT_DIR/summary.txt (a line a setting) and
+# OUT_DIR/logs.tgz (every render's log); prints the summary.
 set -uo pipefail
 if [ $# -lt 4 ]; then
-  sed -n 2,14p "$0" | cut -c3- >&2
+  sed -n 2,15p "$0" | cut -c3- >&2
   exit 2
 fi
 model=$1 out=$2 seeds=$3
