@@ -17,9 +17,9 @@
 #   model   issue 6: the model trained in .train/model copied out to $OUT/model, then the
 #           semantic tests on it (tests/test_default_model.cpp, about 3 minutes)
 #   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B DiT (with the GPU's clocks
-#           recorded beside it, and again with the cuDNN knob search) and the 14B DiT, the
-#           VAE in each convolution mode with its profile, attention alone (dense, varlen,
-#           MoGA's calls; again with the knob search)
+#           recorded beside it, with the old small norm weights, and again with the cuDNN
+#           knob search) and the 14B DiT, the VAE in each convolution mode with its
+#           profile, attention alone (dense, varlen, MoGA's calls; again with the knob search)
 #   moga    issue 5: MoGA (M = 5) forwards at 187,200 tokens for 14B and 1.3B with their
 #           profiles, then the dense ones; the routers are calibrated to balanced groups
 #           first (mogagen_bench --router balanced) (about 7 minutes)
@@ -148,6 +148,11 @@ if want bench; then
   fi
   step "bench DiT 1.3B" build/mogagen_bench dit --model 1.3b --iters 3 --profile on
   [ -n "${dmon:-}" ] && kill "$dmon" 2>/dev/null
+  # the benches up to the ninth session drew the norms' scales like every weight (0.02
+  # N(0, 1)), so q and k entered attention about 50 times smaller than in a trained model
+  # or the peer: under the power cap that changes the speed (docs/performance.md)
+  step "bench DiT 1.3B, --norm-weights small (as up to the ninth session)" \
+    build/mogagen_bench dit --model 1.3b --iters 3 --norm-weights small
   # cuDNN's knob search (MOGAGEN_SDPA_KNOBS=search, an experiment): variants of the
   # heuristics' first configuration timed for the first graph of each family
   step "bench DiT 1.3B, MOGAGEN_SDPA_KNOBS=search" env MOGAGEN_SDPA_KNOBS=search \

@@ -58,11 +58,15 @@ clocks() {
   mark() { echo "$(date +%H:%M:%S.%N | cut -c1-12) $*" >>"$OUT/clocks-marks.txt"; }
   mark start 1.3B forward x 8
   timeout 60 build/mogagen_bench dit --model 1.3b --iters 8 --log verbose >"$OUT/clocks-dit13b.log" 2>&1
+  mark start 1.3B forward x 8, small norm weights
+  timeout 60 build/mogagen_bench dit --model 1.3b --iters 8 --norm-weights small >"$OUT/clocks-dit13bs.log" 2>&1
   mark start attention 12 heads x 300 small
-  timeout 30 "${A[@]}" --heads 12 --iters 300 >"$OUT/clocks-attn12.log" 2>&1
+  timeout 30 "${A[@]}" --heads 12 --iters 300 --operands small >"$OUT/clocks-attn12.log" 2>&1
   mark start attention 12 heads x 300 unit
   timeout 30 "${A[@]}" --heads 12 --iters 300 --operands unit >"$OUT/clocks-attn12u.log" 2>&1
-  mark start attention 40 heads x 100 small
+  mark start attention 12 heads x 300 normal
+  timeout 30 "${A[@]}" --heads 12 --iters 300 --operands normal >"$OUT/clocks-attn12n.log" 2>&1
+  mark start attention 40 heads x 100 normal
   timeout 30 "${A[@]}" --heads 40 --iters 100 >"$OUT/clocks-attn40.log" 2>&1
   mark end
   kill "$smi" 2>/dev/null
