@@ -11,10 +11,10 @@
 //                 of magnitude 1/16 to 4, or below 1)
 //
 // Weights are views into one shared pool of random bf16 values (never zeros), with the
-// norms' scales near 1 as in a trained model (random_source says why that matters). MoGA's speed does depend on the routing: random
-// routers send most tokens to one group (the residual stream's shared component decides
-// every token's argmax), which a trained router with the balance loss does not. So by
-// default (--router balanced) the router biases are first calibrated on a short clip, as
+// norms' scales near 1 as in a trained model (random_source says why that matters).
+// MoGA's speed depends on the routing: random routers send most tokens to one group (the
+// residual stream's shared component decides every token's argmax), which a trained
+// router with the balance loss does not. So by default (--router balanced) the router biases are first calibrated on a short clip, as
 // loss-free balancing does, until no group holds more than 1.1x its fair share; the timed
 // forward then reports the balance it actually had. --router random keeps them as drawn.
 #include <algorithm>
