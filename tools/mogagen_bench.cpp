@@ -86,14 +86,15 @@ TensorSource random_source(const std::vector<WeightSpec>& specs) {
     for (char c : w.name) h = (h ^ uint8_t(c)) * 1099511628211ull;
     const int64_t n = shape_numel(w.shape);
     auto* base = static_cast<uint16_t*>(static_cast<Storage*>(g_pool.get())->data);
-    if (g_unit_norms && is_norm_scale(w.name) && n + 4096 <= g_pool_n) {
+    if (n + 4096 <= g_pool_n) {
       const int64_t off = int64_t(h % uint64_t(g_pool_n - n));
-      Tensor pool_part = Tensor::wrap(base + off, w.shape, DType::BF16, Device::cpu(), g_pool).to(DType::F32);
-      for (int64_t i = 0; i < n; ++i) pool_part.f32()[i] += 1.0f;
-      m[w.name] = pool_part.to(DType::BF16);
-    } else if (n + 4096 <= g_pool_n) {
-      const int64_t off = int64_t(h % uint64_t(g_pool_n - n));
-      m[w.name] = Tensor::wrap(base + off, w.shape, DType::BF16, Device::cpu(), g_pool);
+      Tensor view = Tensor::wrap(base + off, w.shape, DType::BF16, Device::cpu(), g_pool);
+      if (g_unit_norms && is_norm_scale(w.name)) {  // 1 + the pool's values
+        Tensor f = view.to(DType::F32);
+        for (int64_t i = 0; i < n; ++i) f.f32()[i] += 1.0f;
+        view = f.to(DType::BF16);
+      }
+      m[w.name] = view;
     } else {  // e.g. the 256k x 4096 umT5 embedding table
       Tensor t = Tensor::empty(w.shape, DType::BF16);
       for (int64_t o = 0; o < n; o += g_pool_n - 4096)
@@ -331,18 +332,15 @@ void bench_attention_case(Ops& ops, const char* what, const std::vector<int64_t>
       x ^= x << 13, x ^= x >> 17, x ^= x << 5;
       return x;
     };
+    const bool normal = operands == "normal";
+    const uint32_t e0 = operands == "unit" ? 123 : 121;  // exponents e0..e0+5 (unit or small)
     for (int64_t i = 0; i < h.numel(); ++i) {
       const uint32_t r = next();
-      if (operands == "normal") {  // Box-Muller on two uniforms in (0, 1]
+      if (normal) {  // Box-Muller on two uniforms in (0, 1]
         const double u1 = (double(r >> 8) + 1.0) / 16777216.0, u2 = double(next() >> 8) / 16777216.0;
-        const float g = float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-        uint32_t bits;
-        std::memcpy(&bits, &g, 4);
-        p[i] = uint16_t((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);  // round to nearest even
-      } else {
-        // exponent 123..128 (unit) or 121..126 (small), random sign and mantissa
-        const uint32_t e = (operands == "unit" ? 123 : 121) + (r >> 8) % 6;
-        p[i] = uint16_t(((r >> 31) << 15) | (e << 7) | (r & 0x7f));
+        p[i] = f32_to_bf16(float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2)));
+      } else {  // random sign and mantissa
+        p[i] = uint16_t(((r >> 31) << 15) | ((e0 + (r >> 8) % 6) << 7) | (r & 0x7f));
       }
     }
     return ops.weight(h, false);
