@@ -3,7 +3,7 @@
 # command for the device tool, so that the next call can be issued within the 30 s before
 # an idle machine is released. The next lease (issue 4):
 #
-#   OUT=$OUT tools/device-lease.sh measure   # CpuAndGpuAgree, device-check bench, 1.3B MoGA, clocks (~450 s)
+#   OUT=$OUT tools/device-lease.sh measure   # device-check bench, CpuAndGpuAgree, 1.3B MoGA, clocks (~450 s)
 #   OUT=$OUT tools/device-lease.sh peer      # issue 4's four peer targets (umT5, VAE, compiled DiTs)
 #
 # issue 4 closes on same-lease ratios only, so `peer` follows `measure` in the same lease.
@@ -28,12 +28,21 @@ FLAGS=(--prep .train/prep --out .train/model --seed 1 --vae-seconds 240 --dit-se
        --balance 0.2 --bg-shading 0.12 --data-reuse 2)
 
 # DefaultModel.CpuAndGpuAgree on the model trained here (.train/model), else models/default
-agree_model() {
+agree_step() {
   if [ -f .train/model/model_index.json ]; then
     env MOGAGEN_TEST_MODEL="$PWD/.train/model" timeout 150 build/mogagen_tests --gtest_filter=DefaultModel.CpuAndGpuAgree
   else
     timeout 150 build/mogagen_tests --gtest_filter=DefaultModel.CpuAndGpuAgree
-  fi
+  fi >"$OUT/agree.log" 2>&1
+  echo "CpuAndGpuAgree: exit $?"
+  grep -E "PSNR" "$OUT/agree.log"
+}
+
+# issue 5's 1.3B MoGA forward at 187,200 tokens (3.420 s in the eighth and ninth sessions)
+moga13b_step() {
+  timeout 60 build/mogagen_bench dit --frames 120 --height 60 --width 104 --model 1.3b --attention moga \
+    --groups 5 --iters 1 >"$OUT/moga13b.log" 2>&1
+  grep -E "median|plans built" "$OUT/moga13b.log" | cut -c1-200
 }
 
 copy_model() {
@@ -139,27 +148,18 @@ case "${1:-}" in
     grep -E "dit done|routers calibrated|semantic:|check:" "$OUT/train2.log" | cut -c1-300
     ;;
   measure)
-    agree_model >"$OUT/agree.log" 2>&1
-    echo "CpuAndGpuAgree: exit $?"
-    grep -E "PSNR" "$OUT/agree.log"
+    # device-check builds first (a fresh machine has no build/), then the rest uses it
     BENCH_SHORT=1 T5_POLICIES=split-qk OUT="$OUT" timeout 330 tools/device-check.sh bench >"$OUT/bench.log" 2>&1
     grep -E "==|median|decode|TFLOP/s|attention:" "$OUT/device-check.txt" | cut -c1-200
-    # issue 5's 1.3B MoGA forward again (3.40 s in the eighth session): the plan families
-    # were revised after that lease (choices kept by value)
-    timeout 60 build/mogagen_bench dit --frames 120 --height 60 --width 104 --model 1.3b --attention moga \
-      --groups 5 --iters 1 >"$OUT/moga13b.log" 2>&1
-    grep -E "median|plans built" "$OUT/moga13b.log" | cut -c1-200
+    agree_step
+    moga13b_step
     clocks
     ;;
   diag13)
-    # the trained model on both devices, then issue 5's 1.3B MoGA forward after the plan
-    # family revision, then why the 1.3B's attention is slower in its forward (clocks)
-    agree_model >"$OUT/agree.log" 2>&1
-    echo "CpuAndGpuAgree: exit $?"
-    grep -E "PSNR" "$OUT/agree.log"
-    timeout 60 build/mogagen_bench dit --frames 120 --height 60 --width 104 --model 1.3b --attention moga \
-      --groups 5 --iters 1 >"$OUT/moga13b.log" 2>&1
-    grep -E "median|plans built" "$OUT/moga13b.log" | cut -c1-200
+    # after train1/train2 (their build): the trained model on both devices, issue 5's 1.3B
+    # MoGA forward, then why the 1.3B's attention is slower in its forward (clocks)
+    agree_step
+    moga13b_step
     clocks
     ;;
   sweep)
