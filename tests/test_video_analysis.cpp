@@ -2,6 +2,9 @@
 // answer is known.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
+#include "e2e_util.h"
 #include "video_analysis.h"
 
 namespace {
@@ -65,4 +68,67 @@ TEST(VideoAnalysis, FramesOfOneShotOnly) {
   EXPECT_EQ(video::colour_name(video::analyse(a, 0, 6).object), "white");
   EXPECT_EQ(video::colour_name(video::analyse(a, 6, 12).object), "cyan");
   EXPECT_EQ(video::colour_name(video::analyse(a, 6, 12).background), "none");
+}
+
+// tools/clip_report reads a --dump-rgb file as these tests read clips (tools/train/sweep.sh).
+TEST(ClipReport, ReportsWhatTheAnalysisSees) {
+  const video::Clip c = draw(12, 64, 48, {0.05, 0.05, 0.05}, {0.90, 0.12, 0.10}, 7, 12, 24, 2.5, 0);
+  const std::string path = e2e::tmpdir("clip-report") + "/clip.rgb";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(c.rgb.data()),
+                                              std::streamsize(c.rgb.size()));
+  const video::Scene s = video::analyse(c, 0, c.frames);
+  const auto mv = video::motion(s);
+  char want[160];
+  std::snprintf(want, sizeof want, "colour=red rgb=%.3f,%.3f,%.3f share=%.4f dx=%.3f dy=%.3f frames=12\n",
+                s.object[0], s.object[1], s.object[2], s.object_share, mv[0], mv[1]);
+  const e2e::Run r = e2e::sh(e2e::q(MOGAGEN_CLIP_REPORT) + " " + e2e::q(path) + " 64 48");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out, want);
+  EXPECT_NEAR(mv[0], 2.5, 0.1);
+  // a frame range: the first six frames
+  const e2e::Run part = e2e::sh(e2e::q(MOGAGEN_CLIP_REPORT) + " " + e2e::q(path) + " 64 48 0 6");
+  ASSERT_EQ(part.code, 0) << part.out;
+  EXPECT_NE(part.out.find("frames=6"), std::string::npos) << part.out;
+}
+
+TEST(ClipReport, BadInputsGiveClearMessagesAndExitCodes) {
+  const std::string dir = e2e::tmpdir("clip-report-bad");
+  const std::string tool = e2e::q(MOGAGEN_CLIP_REPORT) + " ";
+  std::ofstream(dir + "/odd.rgb", std::ios::binary) << std::string(100, 'x');
+  std::ofstream(dir + "/two.rgb", std::ios::binary) << std::string(2 * 8 * 6 * 3, 'x');
+  struct Case {
+    std::string args;
+    int code;
+    std::string says;
+  };
+  const Case cases[] = {
+      {"", 2, "usage: clip_report"},
+      {e2e::q(dir + "/two.rgb") + " eight 6", 2, "WIDTH, HEIGHT, FIRST and LAST are whole numbers"},
+      {e2e::q(dir + "/none.rgb") + " 8 6", 3, "none.rgb: expected whole 8x6 RGB8 frames (144 bytes each), found no readable file"},
+      {e2e::q(dir + "/odd.rgb") + " 8 6", 3, "odd.rgb: expected whole 8x6 RGB8 frames (144 bytes each), found 100 bytes"},
+      {e2e::q(dir + "/two.rgb") + " 8 6 0 3", 3, "frames 0 to 3: the clip has 2 frames"},
+      {e2e::q(dir + "/two.rgb") + " 8 6 1 2", 3, "(at least two needed)"},
+  };
+  for (const Case& c : cases) {
+    const e2e::Run r = e2e::sh(tool + c.args);
+    EXPECT_EQ(r.code, c.code) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.says), std::string::npos) << c.args << "\n" << r.out;
+  }
+}
+
+// mogagen_bench's option values are checked before any device is touched.
+TEST(BenchOptions, BadValuesAreUsageErrors) {
+  const std::string bench = e2e::q(MOGAGEN_BENCH);
+  const struct {
+    std::string args, says;
+  } cases[] = {
+      {"attention --operands big", "--operands: expected normal, unit or small, found 'big'"},
+      {"dit --norm-weights two", "--norm-weights: expected one or small, found 'two'"},
+      {"dit --log loud", "--log: expected quiet, info or verbose, found 'loud'"},
+  };
+  for (const auto& c : cases) {
+    const e2e::Run r = e2e::sh(bench + " " + c.args);
+    EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.says), std::string::npos) << c.args << "\n" << r.out;
+  }
 }
