@@ -66,16 +66,16 @@ one() {
   fi
   if [ "$pi" = 8 ]; then
     # shots: red 0-17, green 17-33, blue 33-49; shot 1 moves right
-    local ok=1 cols=""
+    local ok=1 cols="" dx=""
     local b=(0 17 33 49) want=(red green blue)
     for s in 0 1 2; do
-      local c
-      c=$("$BUILD/clip_report" "$rgb" "$W" "$H" "${b[$s]}" "${b[$((s + 1))]}" | sed -E 's/^colour=([a-z]+).*/\1/')
+      local rep c
+      rep=$("$BUILD/clip_report" "$rgb" "$W" "$H" "${b[$s]}" "${b[$((s + 1))]}")
+      c=$(sed -E 's/^colour=([a-z]+).*/\1/' <<<"$rep")
+      [ "$s" = 0 ] && dx=$(sed -E 's/.* dx=([-0-9.]+).*/\1/' <<<"$rep")
       cols="$cols$c,"
       [ "$c" = "${want[$s]}" ] || ok=0
     done
-    local dx
-    dx=$("$BUILD/clip_report" "$rgb" "$W" "$H" 0 17 | sed -E 's/.* dx=([-0-9.]+).*/\1/')
     local mok
     mok=$(awk -v d="$dx" 'BEGIN {print (d > 0.3) ? 1 : 0}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$si" "$pi" "$seed" "${cols%,}" "$ok" "dx=$dx" "$mok" "$worst"
