@@ -829,9 +829,15 @@ struct Sdpa::Impl {
     std::vector<std::pair<cudnnBackendDescriptor_t, int64_t>> all{{plan.plan, plan.workspace}};
     all.insert(all.end(), plan.candidates.begin(), plan.candidates.end());
     float best_ms = -1.0f;
+    std::vector<float> times;
     const size_t best = fastest_of(
         all.size(), stream,
-        [&](size_t i) { return cudnnBackendExecute(handle, all[i].first, vp) == CUDNN_STATUS_SUCCESS; }, &best_ms);
+        [&](size_t i) { return cudnnBackendExecute(handle, all[i].first, vp) == CUDNN_STATUS_SUCCESS; }, &best_ms,
+        &times);
+    for (size_t i = 0; i < times.size(); ++i)
+      log_debug("cuDNN SDPA: configuration " + std::to_string(i) + ": " +
+                (times[i] < 0.0f ? std::string("did not run") : std::to_string(times[i]) + " ms") + " (" +
+                (i < plan.specs.size() ? plan.specs[i].str() : std::string("?")) + ")");
     plan.candidates.clear();
     for (size_t i = 0; i < all.size(); ++i)
       if (i != best) cudnnBackendDestroyDescriptor(all[i].first);

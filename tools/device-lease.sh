@@ -93,6 +93,43 @@ clocks() {
   fi
 }
 
+# Whether timing candidates sustained (MOGAGEN_TUNE_MS, kernels/kernels.cuh) picks cuDNN SDPA
+# configurations and cuBLASLt algorithms that run faster at the power cap: the 12-head
+# attention call and the 1.3B forward, each with the default (burst) timing and sustained,
+# with all eight heuristic configurations and the knob search; the clocks beside them.
+tune() {
+  local q="timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
+  nvidia-smi --query-gpu="$q" --format=csv >/dev/null 2>&1 || q="${q/clocks_event_reasons/clocks_throttle_reasons}"
+  nvidia-smi --query-gpu="$q" --format=csv,noheader -lms 100 >"$OUT/tune-clocks.csv" 2>&1 &
+  local smi=$!
+  mark() { echo "$(date +%H:%M:%S.%N | cut -c1-12) $*" >>"$OUT/tune-marks.txt"; }
+  local A=(build/mogagen_bench attention --tokens 32760 --segment 0 --heads 12 --iters 300 --log verbose)
+  local D=(build/mogagen_bench dit --model 1.3b --iters 8 --log verbose)
+  local S=(env MOGAGEN_TUNE_MS="${TUNE_MS:-300}" MOGAGEN_SDPA_CANDIDATES=8 MOGAGEN_SDPA_KNOBS=search)
+  mark attention burst
+  timeout 60 "${A[@]}" >"$OUT/tune-attn-burst.log" 2>&1
+  mark attention sustained all
+  timeout 120 "${S[@]}" "${A[@]}" >"$OUT/tune-attn-sustained.log" 2>&1
+  mark dit burst
+  timeout 90 "${D[@]}" >"$OUT/tune-dit-burst.log" 2>&1
+  mark dit sustained all
+  timeout 200 "${S[@]}" "${D[@]}" >"$OUT/tune-dit-sustained.log" 2>&1
+  mark dit sustained, default candidates
+  timeout 150 env MOGAGEN_TUNE_MS="${TUNE_MS:-300}" "${D[@]}" >"$OUT/tune-dit-sustained4.log" 2>&1
+  mark dit burst again
+  timeout 90 "${D[@]}" >"$OUT/tune-dit-burst2.log" 2>&1
+  mark end
+  kill "$smi" 2>/dev/null
+  for f in burst sustained; do
+    echo "-- attention $f"
+    grep -hE "median|TFLOP/s|fastest" "$OUT/tune-attn-$f.log" | cut -c1-200
+  done
+  for f in burst sustained sustained4 burst2; do
+    echo "-- dit $f"
+    grep -hE "median|TFLOP/s|is the fastest" "$OUT/tune-dit-$f.log" | cut -c1-200
+  done
+}
+
 case "${1:-}" in
   diag)
     # the eighth session's first call: the unrun kernels checked (GPU tests, verify) and
@@ -155,6 +192,13 @@ case "${1:-}" in
     moga13b_step
     clocks
     ;;
+  tune)
+    # build, the GPU tests and every verify --device cuda (device-check verify), then tune
+    OUT="$OUT" timeout 280 tools/device-check.sh verify >"$OUT/verify.log" 2>&1
+    grep "==" "$OUT/device-check.txt" | grep -v "== ok" | cut -c1-200
+    grep -c "== ok" "$OUT/device-check.txt"
+    tune
+    ;;
   diag13)
     # after train1/train2 (their build): the trained model on both devices, issue 5's 1.3B
     # MoGA forward, then why the 1.3B's attention is slower in its forward (clocks)
@@ -188,7 +232,7 @@ case "${1:-}" in
     grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
     ;;
   *)
-    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|diag13|sweep|peer|moga|long" >&2
+    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|tune|diag13|sweep|peer|moga|long" >&2
     exit 2
     ;;
 esac

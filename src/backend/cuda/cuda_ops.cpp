@@ -53,6 +53,21 @@ void throw_cublas(cublasStatus_t s, const char* expr, const char* file, int line
 void log_warning(const std::string& msg) { spdlog::warn("{}", msg); }
 void log_debug(const std::string& msg) { spdlog::debug("{}", msg); }
 
+int tune_ms_from_env() {
+  static const int ms = [] {
+    const char* e = std::getenv("MOGAGEN_TUNE_MS");
+    if (!e || !*e) return 0;
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    if (*end != '\0' || v < 0 || v > 5000) {
+      log_warning(std::string("MOGAGEN_TUNE_MS='") + e + "' is not a count of milliseconds from 0 to 5000; using 0");
+      return 0;
+    }
+    return static_cast<int>(v);
+  }();
+  return ms;
+}
+
 namespace {
 
 std::string human_bytes(double b) {
@@ -235,7 +250,7 @@ class Gemm {
         return cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, g.c, e.c, g.c, e.c, &algo, ws_,
                               ws_bytes_, stream_);
       };
-      if (!e.candidates.empty()) pick(e, launch);
+      if (!e.candidates.empty()) pick(e, g, launch);
       MG_CUBLAS_CHECK(launch(e.algo));
       return;
     }
@@ -262,7 +277,7 @@ class Gemm {
       const size_t bytes = static_cast<size_t>(g.ldc) * static_cast<size_t>(g.n) * sizeof(float);
       if (bytes <= kMaxPickScratch) {
         const std::shared_ptr<void> d = scratch_(bytes);
-        pick(e, [&](const cublasLtMatmulAlgo_t& algo) {
+        pick(e, g, [&](const cublasLtMatmulAlgo_t& algo) {
           return cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &one, g.c, e.c, d.get(), e.c, &algo, ws_,
                                 ws_bytes_, stream_);
         });
@@ -292,7 +307,7 @@ class Gemm {
       return cublasLtMatmul(lt_, e.op, &one, g.a, e.a, g.b, e.b, &zero, d, e.c, d, e.c, &algo, ws_, ws_bytes_,
                             stream_);
     };
-    if (!e.candidates.empty()) pick(e, launch);
+    if (!e.candidates.empty()) pick(e, g, launch);
     MG_CUBLAS_CHECK(launch(e.algo));
     return true;
   }
@@ -314,9 +329,18 @@ class Gemm {
   // (fastest_of; launch must be repeatable) becomes the entry's algorithm. The heuristics'
   // first pick is not always the fastest.
   template <typename Launch>
-  void pick(Entry& e, Launch&& launch) {
-    const size_t bi = fastest_of(e.candidates.size(), stream_,
-                                 [&](size_t i) { return launch(e.candidates[i]) == CUBLAS_STATUS_SUCCESS; });
+  void pick(Entry& e, const GemmArgs& g, Launch&& launch) {
+    std::vector<float> times;
+    const size_t bi = fastest_of(
+        e.candidates.size(), stream_, [&](size_t i) { return launch(e.candidates[i]) == CUBLAS_STATUS_SUCCESS; },
+        nullptr, &times);
+    if (spdlog::should_log(spdlog::level::debug)) {
+      std::string t;
+      for (float ms : times) t += " " + (ms < 0.0f ? std::string("-") : std::to_string(ms));
+      log_debug("cuBLASLt m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) +
+                ": algorithm " + std::to_string(bi) + " of " +
+                std::to_string(times.size()) + " is the fastest; ms:" + t);
+    }
     e.algo = e.candidates[bi];
     e.candidates.clear();
   }
