@@ -24,6 +24,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -306,6 +307,48 @@ int bench_vae(const Args& a, Ops& ops) {
   return 0;
 }
 
+// splitmix64's finalizer: a counter-based hash, so that any element can be drawn alone
+uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// n bf16 attention operands: N(0, 1) (`normal`: 65,536 Box-Muller draws, one picked by each
+// element's hash), or a random sign and mantissa with exponents 2^-4..2^1 (`unit`) or
+// 2^-6..2^-1 (`small`). Each element is the hash of (seed, index), drawn on all cores: the
+// attention bench fills about 18 G values (the MoGA cases at 187,200 tokens), which one
+// core drawing Box-Muller per element took some 6 minutes for.
+void fill_operand(uint16_t* p, int64_t n, uint32_t seed, const std::string& operands) {
+  static const std::vector<uint16_t> normal_table = [] {
+    std::vector<uint16_t> t(65536);
+    for (size_t j = 0; j < t.size(); ++j) {  // Box-Muller on two uniforms in (0, 1]
+      const uint64_t r = mix64(0x5eed0000ull + j);
+      const double u1 = (double(r >> 40) + 1.0) / 16777216.0, u2 = double((r >> 16) & 0xffffff) / 16777216.0;
+      t[j] = f32_to_bf16(float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2)));
+    }
+    return t;
+  }();
+  const bool normal = operands == "normal";
+  const uint32_t e0 = operands == "unit" ? 123 : 121;  // exponents e0..e0+5 (unit or small)
+  const uint64_t base = uint64_t(seed) << 40;
+  auto fill = [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const uint64_t r = mix64(base + uint64_t(i));
+      p[i] = normal ? normal_table[r & 0xffff]
+                    : uint16_t(((r >> 63) << 15) | ((e0 + (r >> 20) % 6) << 7) | ((r >> 8) & 0x7f));
+    }
+  };
+  const int64_t threads = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 64);
+  const int64_t chunk = (n + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads && t * chunk < n; ++t)
+    pool.emplace_back(fill, t * chunk, std::min(n, (t + 1) * chunk));
+  fill(0, std::min(n, chunk));
+  for (auto& th : pool) th.join();
+}
+
 // One attention shape: `segments` query/key segments (equal lengths in each pair) of H
 // heads of head size d, bf16 operands filled with hashed values: N(0, 1) (`normal`, the
 // default, as the PyTorch peer's torch.randn), magnitudes 1/16 to 4 (`unit`) or 2^-6 to 1
@@ -326,23 +369,7 @@ void bench_attention_case(Ops& ops, const char* what, const std::vector<int64_t>
   }
   auto operand = [&](int64_t n, uint32_t seed) {
     Tensor h = Tensor::empty({n, H, d}, DType::BF16);
-    uint16_t* p = h.data<uint16_t>();
-    uint32_t x = seed * 2654435761u + 1;
-    auto next = [&x] {
-      x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-      return x;
-    };
-    const bool normal = operands == "normal";
-    const uint32_t e0 = operands == "unit" ? 123 : 121;  // exponents e0..e0+5 (unit or small)
-    for (int64_t i = 0; i < h.numel(); ++i) {
-      const uint32_t r = next();
-      if (normal) {  // Box-Muller on two uniforms in (0, 1]
-        const double u1 = (double(r >> 8) + 1.0) / 16777216.0, u2 = double(next() >> 8) / 16777216.0;
-        p[i] = f32_to_bf16(float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2)));
-      } else {  // random sign and mantissa
-        p[i] = uint16_t(((r >> 31) << 15) | ((e0 + (r >> 8) % 6) << 7) | (r & 0x7f));
-      }
-    }
+    fill_operand(h.data<uint16_t>(), h.numel(), seed, operands);
     return ops.weight(h, false);
   };
   const Tensor q = operand(nq, 1), k = operand(nk, 2), v = operand(nk, 3);
