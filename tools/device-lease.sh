@@ -230,6 +230,25 @@ case "${1:-}" in
     grep -hE "== " "$OUT/device-check.txt" | cut -c1-200
     grep sdpa "$OUT/peer.json" 2>/dev/null | cut -c1-300
     ;;
+  attn2)
+    # the attention targets in the same state for both: ours (mogagen_bench attention, the
+    # 1.3B shape first now, as the peer's part_attn) in a burst, then ours and the peer's
+    # (tools/peer/sdpa_sustained.py) sustained, alternately, at 12 and 40 heads
+    bash .debs/setup.sh >"$OUT/setup.log" 2>&1
+    (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOGAGEN_CUDA=ON &&
+      cmake --build build -j "$(nproc)" --target mogagen_bench) >"$OUT/build.log" 2>&1 ||
+      { tail -30 "$OUT/build.log"; exit 1; }
+    timeout 150 build/mogagen_bench attention >"$OUT/attention.log" 2>&1
+    echo "bench attention: exit $?"
+    cut -c1-200 "$OUT/attention.log"
+    for round in 1 2; do
+      for h in 12 40; do
+        it=$([ $h = 12 ] && echo 300 || echo 100)
+        timeout 60 build/mogagen_bench attention --tokens 32760 --segment 0 --heads $h --iters $it 2>&1 | cut -c1-200
+        timeout 90 python3 tools/peer/sdpa_sustained.py $h $it 2>&1 | tail -2 | cut -c1-200
+      done
+    done
+    ;;
   diag13)
     # after train1/train2 (their build): the trained model on both devices, issue 5's 1.3B
     # MoGA forward, then why the 1.3B's attention is slower in its forward (clocks)
@@ -263,7 +282,7 @@ case "${1:-}" in
     grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
     ;;
   *)
-    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|tune|attn|diag13|sweep|peer|moga|long" >&2
+    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|tune|attn|attn2|diag13|sweep|peer|moga|long" >&2
     exit 2
     ;;
 esac
