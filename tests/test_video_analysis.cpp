@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "e2e_util.h"
+#include "mogagen/ops.h"
 #include "video_analysis.h"
 
 namespace {
@@ -131,4 +132,32 @@ TEST(BenchOptions, BadValuesAreUsageErrors) {
     EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
     EXPECT_NE(r.out.find(c.says), std::string::npos) << c.args << "\n" << r.out;
   }
+}
+
+// MOGAGEN_TUNE_MS (kernels/kernels.cuh): candidates timed sustained, every candidate's time
+// logged; a bad value is a warning and the burst timing. On the GPU only (the CPU backend
+// times no candidates).
+TEST(BenchOptions, SustainedTuningOnTheGpu) {
+  if (!mg::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::string bench = e2e::q(MOGAGEN_BENCH);
+  // attention: each cuDNN configuration timed and logged, then the bench's own timing
+  e2e::Run r = e2e::sh("MOGAGEN_TUNE_MS=20 " + bench +
+                       " attention --tokens 2048 --segment 0 --heads 4 --iters 3 --log verbose");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("cuDNN SDPA: configuration 0: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" is the fastest ("), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("attention dense"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("MOGAGEN_TUNE_MS="), std::string::npos) << "no warning for a good value\n" << r.out;
+  // a DiT block: the cuBLASLt algorithms of its GEMMs, each with its time
+  r = e2e::sh("MOGAGEN_TUNE_MS=5 " + bench +
+              " dit --model 1.3b --layers 1 --frames 1 --height 8 --width 8 --iters 1 --log verbose");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const size_t at = r.out.find("cuBLASLt m=1536 n=16 k=1536: algorithm ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("is the fastest; ms: ", at), std::string::npos) << r.out;
+  r = e2e::sh("MOGAGEN_TUNE_MS=soon " + bench + " attention --tokens 1024 --segment 0 --heads 2 --iters 3");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("MOGAGEN_TUNE_MS='soon' is not a count of milliseconds from 0 to 5000; using 0"),
+            std::string::npos)
+      << r.out;
 }
