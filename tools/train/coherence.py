@@ -73,7 +73,7 @@ def main():
     ap.add_argument("--prep", default=".train/prep", help="prepare.py's folder (caption ids)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--guidance", type=float, default=None, help="default: the model's (model_index.json)")
     ap.add_argument("prompts", nargs="*", default=PROMPTS)
     a = ap.parse_args()
     if a.self_test:
@@ -85,7 +85,8 @@ def main():
     frames = 1 + (int(dflt["frames"]) - 1) // 4
     caps = json.load(open(os.path.join(a.prep, "captions.json")))["captions"]
     total, n = torch.zeros(frames - 1), 0
-    video = argparse.Namespace(height=height, width=width, shift=float(dflt["shift"]))
+    video = argparse.Namespace(height=height, width=width, sample_shift=float(dflt["shift"]),
+                               sample_guidance=float(dflt.get("guidance", 5.0)))
     for p in a.prompts:
         if p not in caps:
             sys.exit(f"coherence.py: '{p}' is not a caption of the grammar ({a.prep}/captions.json)")

@@ -6,7 +6,7 @@ and the model card, so that a training run says how it would fare in the tests b
 model is copied out. On an exported model (CPU is fine, about a minute a sample on two
 cores):
 
-    python3 tools/train/semantic.py --model .train/model --prep .train/prep [--seeds 3] [--guidance 5]
+    python3 tools/train/semantic.py --model .train/model --prep .train/prep [--seeds 3] [--guidance G]
 
 The analysis is a port of tests/video_analysis.h (the C++ tests stay the judge):
 - the background is the per-channel median of all frames;
@@ -195,7 +195,7 @@ def main():
     ap.add_argument("--prep", default=".train/prep", help="prepare.py's folder (caption ids)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--guidance", type=float, default=None, help="default: the model's (model_index.json)")
     ap.add_argument("--self-test", action="store_true", help="check the analysis on drawn clips")
     a = ap.parse_args()
     if a.self_test:
@@ -207,7 +207,8 @@ def main():
     model, dec, text, mean, std, dflt = load_exported(a.model, a.prep, device)
     width, height = (int(v) for v in dflt["size"].split("x"))
     frames = 1 + (int(dflt["frames"]) - 1) // 4
-    video = argparse.Namespace(height=height, width=width, shift=float(dflt["shift"]))
+    video = argparse.Namespace(height=height, width=width, sample_shift=float(dflt["shift"]),
+                               sample_guidance=float(dflt.get("guidance", 5.0)))
     caps = json.load(open(os.path.join(a.prep, "captions.json")))["captions"]
 
     def render(prompt, seed):

@@ -544,7 +544,7 @@ def ema_model(cfg, state, device):
 
 
 @torch.no_grad()
-def sample(model, dec, text, caption_ids, shots, a, mean, std, device, steps=25, guidance=5.0,
+def sample(model, dec, text, caption_ids, shots, a, mean, std, device, steps=25, guidance=None,
            seed=0):
     """Euler flow-matching sampler with CFG, decoded (a check; the engine uses UniPC)."""
     x = sample_latent(model, text, caption_ids, shots, a, device, steps, guidance, seed)
@@ -553,14 +553,17 @@ def sample(model, dec, text, caption_ids, shots, a, mean, std, device, steps=25,
 
 
 @torch.no_grad()
-def sample_latent(model, text, caption_ids, shots, a, device, steps=25, guidance=5.0, seed=0):
+def sample_latent(model, text, caption_ids, shots, a, device, steps=25, guidance=None, seed=0):
     """The DiT's normalised latent [1, 16, F, h, w] after Euler flow-matching sampling with
-    CFG: one caption id per shot, a.height / a.width / a.shift as the video's settings."""
+    CFG: one caption id per shot, a.height / a.width as the video's settings, and the
+    sampling defaults the export writes (a.sample_shift; a.sample_guidance unless given)."""
+    if guidance is None:
+        guidance = a.sample_guidance
     g = torch.Generator().manual_seed(seed)
     F_ = sum(shots)
     x = torch.randn(1, 16, F_, a.height // 8, a.width // 8, generator=g).to(device)
     sig = torch.linspace(1, 0, steps + 1)
-    sig = a.shift * sig / (1 + (a.shift - 1) * sig)
+    sig = a.sample_shift * sig / (1 + (a.sample_shift - 1) * sig)
     cond = text.ctx(torch.tensor([caption_ids]))
     unc = text.ctx(torch.full((1, len(shots)), -1))
     lay = model.layout(list(shots), x.shape[3] // 2, x.shape[4] // 2, False, device)
@@ -593,8 +596,8 @@ def calibrate_routers(model, text, a, device, log, rounds=12, videos=16, steps=1
     gen = torch.Generator().manual_seed(a.seed + 7)
     F_, h, w = 13, a.height // 8, a.width // 8
     lay = model.layout([F_], h // 2, w // 2, False, device)
-    sig = torch.linspace(1, 0, steps + 1)
-    sig = a.shift * sig / (1 + (a.shift - 1) * sig)
+    sig = torch.linspace(1, 0, steps + 1)  # the trajectory of the exported sampling defaults
+    sig = a.sample_shift * sig / (1 + (a.sample_shift - 1) * sig)
     M = a.groups
 
     def shares(g):
@@ -615,7 +618,7 @@ def calibrate_routers(model, text, a, device, log, rounds=12, videos=16, steps=1
                 worst = max(worst, float(f.max()) * M)
                 mean = f.mean(dim=1) if mean is None else mean + f.mean(dim=1)
                 gap = gp if gap is None else gap + gp
-            x = x + float(sig[i + 1] - sig[i]) * (vs[1] + 5.0 * (vs[0] - vs[1]))
+            x = x + float(sig[i + 1] - sig[i]) * (vs[1] + a.sample_guidance * (vs[0] - vs[1]))
         return mean / (2 * steps), gap / (2 * steps), worst  # [L, M] shares, [L] gaps, worst share
 
     held_out = lambda: torch.Generator().manual_seed(a.seed + 11)  # noqa: E731 -- the same videos each time
@@ -742,7 +745,7 @@ Text use at the end: another clip's captions raise the flow MSE by {d.get('text_
 
 {calibration}
 
-## Semantic evaluation at export (PyTorch, Euler, {a.check_steps} steps, guidance 5)
+## Semantic evaluation at export (PyTorch, Euler, {a.check_steps} steps, guidance {a.sample_guidance:g}, shift {a.sample_shift:g})
 The engine's semantic test prompts, {sem.get('seeds', 0)} seeds each, judged as the tests judge them
 (`tools/train/semantic.py`): colour right in {sem.get('colour_right', float('nan')):.0%}, motion right in {sem.get('motion_right', float('nan')):.0%}, both in {sem.get('both_right', float('nan')):.0%} of {sem.get('samples', 0)} samples.
 
