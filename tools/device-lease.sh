@@ -249,6 +249,16 @@ case "${1:-}" in
       done
     done
     ;;
+  gputests)
+    # a fresh machine: build, then the GPU tests and the bench's tests
+    bash .debs/setup.sh >"$OUT/setup.log" 2>&1
+    (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOGAGEN_CUDA=ON -DMOGAGEN_TESTS=ON &&
+      cmake --build build -j "$(nproc)" --target mogagen mogagen_bench mogagen_tests) >"$OUT/build.log" 2>&1 ||
+      { tail -30 "$OUT/build.log"; exit 1; }
+    timeout 200 build/mogagen_tests --gtest_filter='BenchOptions.*:CudaOps.*' >"$OUT/gputests.log" 2>&1
+    echo "GPU tests: exit $?"
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran" "$OUT/gputests.log" | head -20
+    ;;
   diag13)
     # after train1/train2 (their build): the trained model on both devices, issue 5's 1.3B
     # MoGA forward, then why the 1.3B's attention is slower in its forward (clocks)
@@ -282,7 +292,7 @@ case "${1:-}" in
     grep -hE "median|decode|peak|== " "$OUT/device-check.txt" | cut -c1-200
     ;;
   *)
-    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|tune|attn|attn2|diag13|sweep|peer|moga|long" >&2
+    echo "usage: OUT=<folder> tools/device-lease.sh diag|issue5|issue5b|train1|train2|measure|tune|attn|attn2|gputests|diag13|sweep|peer|moga|long" >&2
     exit 2
     ;;
 esac
