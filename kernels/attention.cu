@@ -214,15 +214,7 @@ struct Plan {
 // 1 keeps the heuristics' first without timing anything (the knob search still adds its
 // variants). Read when the backend is made.
 size_t plan_candidates_from_env() {
-  const char* e = std::getenv("MOGAGEN_SDPA_CANDIDATES");
-  if (!e || !*e) return 4;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  if (*end != '\0' || v < 1 || v > 8) {
-    log_warning(std::string("MOGAGEN_SDPA_CANDIDATES='") + e + "' is not a count from 1 to 8; using 4");
-    return 4;
-  }
-  return static_cast<size_t>(v);
+  return static_cast<size_t>(env_count("MOGAGEN_SDPA_CANDIDATES", 1, 8, 4, "a count from 1 to 8"));
 }
 
 class GraphBuilder {

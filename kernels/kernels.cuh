@@ -45,6 +45,10 @@ void log_debug(const std::string& msg);
 // the load cannot hold. Read once per process.
 int tune_ms_from_env();
 
+// The environment variable `name` as a whole number from lo to hi; unset or empty: dflt; any
+// other value: a warning ("NAME='v' is not <what>; using <dflt>") and dflt.
+long env_count(const char* name, long lo, long hi, long dflt, const char* what);
+
 // Which of n candidates (cuDNN engines or algorithms, cuBLASLt algorithms) runs fastest on
 // `stream`, on the operands of a real call: run(i) launches candidate i and says whether it
 // ran (it must be repeatable). Each is timed with events; a run under 100 ms is timed a

@@ -30,6 +30,15 @@ FLAGS=(--prep .train/prep --out .train/model --seed 1 --vae-seconds 240 --dit-se
        --moga-impl mask --masked-kernel fused --object-weight 8 --vae-object-weight 8 --uniform-t 0.4
        --balance 0.2 --bg-shading 0.12 --data-reuse 2)
 
+# A fresh machine's build: the carried packages unpacked where the image lacks them, then a
+# CUDA build of the given targets into build/ (device-check.sh builds its own)
+build_here() {
+  bash .debs/setup.sh >"$OUT/setup.log" 2>&1
+  (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOGAGEN_CUDA=ON -DMOGAGEN_TESTS=ON &&
+    cmake --build build -j "$(nproc)" --target "$@") >"$OUT/build.log" 2>&1 ||
+    { tail -30 "$OUT/build.log"; return 1; }
+}
+
 # DefaultModel.CpuAndGpuAgree on the model trained here (.train/model), else models/default
 agree_step() {
   if [ -f .train/model/model_index.json ]; then
@@ -217,10 +226,7 @@ case "${1:-}" in
     # issue 4's attention targets against the peer's SDPA in the same lease (the measure
     # call's attention bench drew its operands on one core and ran out of time), and the
     # 14B forward timed eight times (its 0.95x target is met by under 1%)
-    bash .debs/setup.sh >"$OUT/setup.log" 2>&1
-    (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOGAGEN_CUDA=ON -DMOGAGEN_TESTS=ON &&
-      cmake --build build -j "$(nproc)" --target mogagen mogagen_bench mogagen_tests) >"$OUT/build.log" 2>&1 ||
-      { tail -30 "$OUT/build.log"; exit 1; }
+    build_here mogagen mogagen_bench mogagen_tests || exit 1
     timeout 150 build/mogagen_bench attention >"$OUT/attention.log" 2>&1
     echo "bench attention: exit $?"
     cat "$OUT/attention.log" | cut -c1-200
@@ -234,10 +240,7 @@ case "${1:-}" in
     # the attention targets in the same state for both: ours (mogagen_bench attention, the
     # 1.3B shape first now, as the peer's part_attn) in a burst, then ours and the peer's
     # (tools/peer/sdpa_sustained.py) sustained, alternately, at 12 and 40 heads
-    bash .debs/setup.sh >"$OUT/setup.log" 2>&1
-    (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOGAGEN_CUDA=ON &&
-      cmake --build build -j "$(nproc)" --target mogagen_bench) >"$OUT/build.log" 2>&1 ||
-      { tail -30 "$OUT/build.log"; exit 1; }
+    build_here mogagen_bench || exit 1
     timeout 150 build/mogagen_bench attention >"$OUT/attention.log" 2>&1
     echo "bench attention: exit $?"
     cut -c1-200 "$OUT/attention.log"
@@ -251,10 +254,7 @@ case "${1:-}" in
     ;;
   gputests)
     # a fresh machine: build, then the GPU tests and the bench's tests
-    bash .debs/setup.sh >"$OUT/setup.log" 2>&1
-    (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOGAGEN_CUDA=ON -DMOGAGEN_TESTS=ON &&
-      cmake --build build -j "$(nproc)" --target mogagen mogagen_bench mogagen_tests) >"$OUT/build.log" 2>&1 ||
-      { tail -30 "$OUT/build.log"; exit 1; }
+    build_here mogagen mogagen_bench mogagen_tests || exit 1
     timeout 200 build/mogagen_tests --gtest_filter='BenchOptions.*:CudaOps.*' >"$OUT/gputests.log" 2>&1
     echo "GPU tests: exit $?"
     grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran" "$OUT/gputests.log" | head -20
@@ -269,10 +269,7 @@ case "${1:-}" in
   sweep)
     # issue 6: a trained model (carried in .train/model12) over seeds the semantic tests do
     # not use and several sampling settings (tools/train/sweep.sh), for its defaults
-    bash .debs/setup.sh >"$OUT/setup.log" 2>&1
-    (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOGAGEN_CUDA=ON &&
-      cmake --build build -j "$(nproc)" --target mogagen clip_report) >"$OUT/build.log" 2>&1 ||
-      { tail -30 "$OUT/build.log"; exit 1; }
+    build_here mogagen clip_report || exit 1
     JOBS=12 SWEEP_SECONDS="${SWEEP_SECONDS:-400}" tools/train/sweep.sh "${SWEEP_MODEL:-.train/model12}" "$OUT/sweep" \
       "${SWEEP_SEEDS:-200 201 202 203 204 205}" "" "--guidance 7" "--sampler euler" "--guidance 3.5" \
       "--steps 50" "--shift 5" "--guidance 9" "--shift 2"

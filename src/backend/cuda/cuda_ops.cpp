@@ -53,18 +53,21 @@ void throw_cublas(cublasStatus_t s, const char* expr, const char* file, int line
 void log_warning(const std::string& msg) { spdlog::warn("{}", msg); }
 void log_debug(const std::string& msg) { spdlog::debug("{}", msg); }
 
+long env_count(const char* name, long lo, long hi, long dflt, const char* what) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return dflt;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (*end != '\0' || v < lo || v > hi) {
+    log_warning(std::string(name) + "='" + e + "' is not " + what + "; using " + std::to_string(dflt));
+    return dflt;
+  }
+  return v;
+}
+
 int tune_ms_from_env() {
-  static const int ms = [] {
-    const char* e = std::getenv("MOGAGEN_TUNE_MS");
-    if (!e || !*e) return 0;
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 10);
-    if (*end != '\0' || v < 0 || v > 5000) {
-      log_warning(std::string("MOGAGEN_TUNE_MS='") + e + "' is not a count of milliseconds from 0 to 5000; using 0");
-      return 0;
-    }
-    return static_cast<int>(v);
-  }();
+  static const int ms =
+      static_cast<int>(env_count("MOGAGEN_TUNE_MS", 0, 5000, 0, "a count of milliseconds from 0 to 5000"));
   return ms;
 }
 
