@@ -3,7 +3,7 @@
 # minutes to start a machine: few, full calls). Run from the repository root on the GPU
 # machine, with the golden sets copied to .golden/ and carried (docs/performance.md):
 #
-#   tools/device-check.sh [checks|verify] [model] [bench] [moga] [long] [peer]  (default: checks)
+#   tools/device-check.sh [checks|verify|golden] [model] [bench] [moga] [long] [peer]  (default: checks)
 #
 # 1. unpacks the carried Debian packages (.debs/setup.sh) where the image lacks them;
 # 2. builds mogagen, mogagen_bench and mogagen_tests with CUDA into build/ (kept while the
@@ -14,6 +14,7 @@
 #           rendered on the CPU and the GPU (tools/check-gpu-cpu.sh)
 #   verify  checks without the whole suite: the GPU tests alone (CudaOps.*, the umT5 policy
 #           test), then the verify commands and the renders (a minute less)
+#   golden  the verify commands alone
 #   model   issue 6: the model trained in .train/model copied out to $OUT/model, then the
 #           semantic tests on it (tests/test_default_model.cpp, about 3 minutes)
 #   bench   issue 4: umT5-XXL under each TF32 policy, the 1.3B DiT (with the GPU's clocks
@@ -34,7 +35,9 @@
 # tf32-except-qk exact tf32"), MOGA_DENSE (moga's dense forwards; default "1.3b 14b", the
 # 14B one takes about two minutes), LONG_NO_VAE=1 (long without the minute-long VAE decode),
 # PEER_PARTS (peer; default "t5 vae dit13c dit14c attn dit13 dit14": issue 4's four targets
-# are the first four), BENCH_SHORT=1 (bench without the VAE's two non-default modes).
+# are the first four), BENCH_SHORT=1 (bench without the VAE's two non-default modes),
+# VERIFY_SETS (the golden sets in .golden/ that checks, verify and golden visit, by name;
+# default: all).
 # The report goes to stdout and to $OUT/device-check.txt when OUT is set, each step's whole
 # output to $OUT/logs/. The exit status
 # is the number of failed steps (0: all passed).
@@ -43,8 +46,8 @@ cd "$(dirname "$0")/.."
 parts="${*:-checks}"
 for p in $parts; do
   case "$p" in
-    checks | verify | model | bench | moga | long | peer) ;;
-    *) echo "device-check: unknown part '$p' (expected checks, verify, model, bench, moga, long or peer)" >&2; exit 2 ;;
+    checks | verify | golden | model | bench | moga | long | peer) ;;
+    *) echo "device-check: unknown part '$p' (expected checks, verify, golden, model, bench, moga, long or peer)" >&2; exit 2 ;;
   esac
 done
 want() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -84,10 +87,10 @@ if [ ! -x build/mogagen_tests ]; then
   exit "$failed"
 fi
 export MOGAGEN_GOLDEN_DIR="$PWD/.golden"
-if want checks || want verify; then
+if want checks || want verify || want golden; then
   if want checks; then
     step "test suite (GPU tests included)" bash -c "cd build && ctest --output-on-failure -j 8 --timeout 900"
-  else
+  elif want verify; then
     step "GPU tests (CudaOps.*, UMT5.GpuMatmulPoliciesMatchCpu)" \
       build/mogagen_tests --gtest_filter='CudaOps.*:UMT5.GpuMatmulPoliciesMatchCpu'
   fi
@@ -95,6 +98,7 @@ if want checks || want verify; then
     [ -d "$set" ] || continue
     set=${set%/}
     name=$(basename "$set")
+    case " ${VERIFY_SETS:-$name} " in *" $name "*) ;; *) continue ;; esac
     case "$name" in
       moga*) step "verify moga $name --device cuda" build/mogagen verify moga "$set" --device cuda ;;
     esac
@@ -115,7 +119,9 @@ if want checks || want verify; then
         env MOGAGEN_CONV=bf16 build/mogagen verify vae "$set" --device cuda
     fi
   done
-  step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
+  if want checks || want verify; then
+    step "CPU vs GPU renders" tools/check-gpu-cpu.sh build
+  fi
 fi
 if want model; then
   # issue 6: a model trained in this machine's .train/model (docs/training.md): copied out

@@ -65,18 +65,26 @@ copy_model() {
     echo "model copied to \$OUT/model"
 }
 
+# The GPU's SM and memory clocks, power, temperature and throttle reasons every 100 ms into
+# $OUT/NAME-clocks.csv, in the background (CLOCK_LOG_PID: kill it when done); `mark TEXT`
+# then writes a timestamped line to $OUT/NAME-marks.txt, for the windows of what ran.
+clock_log() {
+  local q="timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active"
+  nvidia-smi --query-gpu="$q" --format=csv >/dev/null 2>&1 || q="${q/clocks_event_reasons/clocks_throttle_reasons}"
+  nvidia-smi --query-gpu="$q" --format=csv,noheader -lms 100 >"$OUT/$1-clocks.csv" 2>&1 &
+  CLOCK_LOG_PID=$!
+  MARKS="$OUT/$1-marks.txt"
+}
+mark() { echo "$(date +%H:%M:%S.%N | cut -c1-12) $*" >>"$MARKS"; }
+
 # Why the 1.3B's self-attention runs 6% slower inside its forward (11.26 ms a call) than
 # alone (10.59 ms, same shape and operands' layout) where the 14B's 40-head calls do not:
 # the SM clock, power and throttle reasons every 100 ms beside a sustained forward and
 # sustained attention calls (small and unit-sized operands), each window marked; the cuDNN
 # configuration each picks (--log verbose); the kernels each runs (nsys, where installed).
 clocks() {
-  local q="timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active"
-  nvidia-smi --query-gpu="$q" --format=csv >/dev/null 2>&1 || q="${q/clocks_event_reasons/clocks_throttle_reasons}"
-  nvidia-smi --query-gpu="$q" --format=csv,noheader -lms 100 >"$OUT/clocks.csv" 2>&1 &
-  local smi=$!
+  clock_log diag13
   local A=(build/mogagen_bench attention --tokens 32760 --segment 0 --log verbose)
-  mark() { echo "$(date +%H:%M:%S.%N | cut -c1-12) $*" >>"$OUT/clocks-marks.txt"; }
   mark start 1.3B forward x 8
   timeout 60 build/mogagen_bench dit --model 1.3b --iters 8 --log verbose >"$OUT/clocks-dit13b.log" 2>&1
   mark start 1.3B forward x 8, small norm weights
@@ -90,7 +98,7 @@ clocks() {
   mark start attention 40 heads x 100 normal
   timeout 30 "${A[@]}" --heads 40 --iters 100 >"$OUT/clocks-attn40.log" 2>&1
   mark end
-  kill "$smi" 2>/dev/null
+  kill "$CLOCK_LOG_PID" 2>/dev/null
   grep -hE "median|TFLOP/s|fastest|plan built" "$OUT"/clocks-*.log | cut -c1-200
   local nsys
   nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
@@ -110,11 +118,7 @@ clocks() {
 # attention call and the 1.3B forward, each with the default (burst) timing and sustained,
 # with all eight heuristic configurations and the knob search; the clocks beside them.
 tune() {
-  local q="timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
-  nvidia-smi --query-gpu="$q" --format=csv >/dev/null 2>&1 || q="${q/clocks_event_reasons/clocks_throttle_reasons}"
-  nvidia-smi --query-gpu="$q" --format=csv,noheader -lms 100 >"$OUT/tune-clocks.csv" 2>&1 &
-  local smi=$!
-  mark() { echo "$(date +%H:%M:%S.%N | cut -c1-12) $*" >>"$OUT/tune-marks.txt"; }
+  clock_log tune
   local A=(build/mogagen_bench attention --tokens 32760 --segment 0 --heads 12 --iters 300 --log verbose)
   local D=(build/mogagen_bench dit --model 1.3b --iters 8 --log verbose)
   local S=(env MOGAGEN_TUNE_MS="${TUNE_MS:-300}" MOGAGEN_SDPA_CANDIDATES=8 MOGAGEN_SDPA_KNOBS=search)
@@ -131,7 +135,7 @@ tune() {
   mark dit burst again
   timeout 90 "${D[@]}" >"$OUT/tune-dit-burst2.log" 2>&1
   mark end
-  kill "$smi" 2>/dev/null
+  kill "$CLOCK_LOG_PID" 2>/dev/null
   for f in burst sustained; do
     echo "-- attention $f"
     grep -hE "median|TFLOP/s|fastest" "$OUT/tune-attn-$f.log" | cut -c1-200
@@ -198,18 +202,10 @@ case "${1:-}" in
     ;;
   measure)
     # after tune (its build, and .golden/wan-a and moga-a verified there: the tree, .debs and
-    # all three golden sets exceed what one call carries), verify on the set carried now,
-    # then issue 4's benchmarks
-    for set in .golden/*/; do
-      set=${set%/}
-      [ -f "$set/.verified" ] && continue
-      for comp in t5 dit vae sched moga; do
-        [ -d "$set/$comp" ] || [ "$comp" = moga -a -f "$set/case.safetensors" ] || continue
-        timeout 60 build/mogagen verify "$comp" "$set" --device cuda >"$OUT/verify-$(basename "$set")-$comp.log" 2>&1
-        echo "verify $comp $(basename "$set") --device cuda: exit $?"
-      done
-    done
-    BENCH_SHORT=1 T5_POLICIES=split-qk OUT="$OUT" timeout 450 tools/device-check.sh bench >"$OUT/bench.log" 2>&1
+    # all three golden sets exceed what one call carries), the verify commands on the set
+    # carried now (VERIFY_SETS, default wan-c), then issue 4's benchmarks
+    VERIFY_SETS="${VERIFY_SETS:-wan-c}" BENCH_SHORT=1 T5_POLICIES=split-qk OUT="$OUT" timeout 450 \
+      tools/device-check.sh golden bench >"$OUT/bench.log" 2>&1
     grep -E "==|median|decode|TFLOP/s|attention:" "$OUT/device-check.txt" | cut -c1-200
     ;;
   tune)
@@ -217,7 +213,6 @@ case "${1:-}" in
     OUT="$OUT" timeout 280 tools/device-check.sh verify >"$OUT/verify.log" 2>&1
     grep "==" "$OUT/device-check.txt" | grep -v "== ok" | cut -c1-200
     grep -c "== ok" "$OUT/device-check.txt"
-    for set in .golden/*/; do touch "$set/.verified"; done  # measure verifies the sets carried later
     tune
     agree_step
     moga13b_step

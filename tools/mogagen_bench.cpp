@@ -14,14 +14,16 @@
 // norms' scales near 1 as in a trained model (random_source says why that matters).
 // MoGA's speed depends on the routing: random routers send most tokens to one group (the
 // residual stream's shared component decides every token's argmax), which a trained
-// router with the balance loss does not. So by default (--router balanced) the router biases are first calibrated on a short clip, as
-// loss-free balancing does, until no group holds more than 1.1x its fair share; the timed
-// forward then reports the balance it actually had. --router random keeps them as drawn.
+// router with the balance loss does not. So by default (--router balanced) the router
+// biases are first calibrated on a short clip, as loss-free balancing does, until no group
+// holds more than 1.1x its fair share; the timed forward then reports the balance it
+// actually had. --router random keeps them as drawn.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <string>
 #include <thread>
@@ -453,6 +455,20 @@ int bench_t5(const Args& a, Ops& ops) {
   return 0;
 }
 
+// Whether option k's value v is one of `allowed`; if not, says so ("mogagen_bench: --k:
+// expected a, b or c, found 'v'") for the caller's usage exit.
+bool one_of(const std::string& k, const std::string& v, std::initializer_list<const char*> allowed) {
+  std::string expected;
+  size_t i = 0;
+  for (const char* x : allowed) {
+    if (v == x) return true;
+    expected += (i == 0 ? "" : i + 1 == allowed.size() ? " or " : ", ") + std::string(x);
+    ++i;
+  }
+  std::fprintf(stderr, "mogagen_bench: %s: expected %s, found '%s'\n", k.c_str(), expected.c_str(), v.c_str());
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -477,24 +493,15 @@ int main(int argc, char** argv) {
     else if (k == "--router") a.router = v;
     else if (k == "--layers") a.layers = std::stoi(v);
     else if (k == "--norm-weights") {
-      if (v != "one" && v != "small") {
-        std::fprintf(stderr, "mogagen_bench: --norm-weights: expected one or small, found '%s'\n", v.c_str());
-        return 2;
-      }
+      if (!one_of(k, v, {"one", "small"})) return 2;
       g_unit_norms = v == "one";
     }
     else if (k == "--operands") {
-      if (v != "normal" && v != "small" && v != "unit") {
-        std::fprintf(stderr, "mogagen_bench: --operands: expected normal, unit or small, found '%s'\n", v.c_str());
-        return 2;
-      }
+      if (!one_of(k, v, {"normal", "unit", "small"})) return 2;
       a.operands = v;
     }
     else if (k == "--log") {
-      if (v != "quiet" && v != "info" && v != "verbose") {
-        std::fprintf(stderr, "mogagen_bench: --log: expected quiet, info or verbose, found '%s'\n", v.c_str());
-        return 2;
-      }
+      if (!one_of(k, v, {"quiet", "info", "verbose"})) return 2;
       set_log_level(v);
     }
     else {

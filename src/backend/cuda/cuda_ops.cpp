@@ -1370,8 +1370,8 @@ class CudaOps final : public Ops {
   // conv3d_bf16 on channels-last copies (the default, MOGAGEN_CONV=bf16-ndhwc): [front, x]
   // written once as the bf16 input [t, h, w, ci] (causal front frames zeroed), the weight's
   // channels-last bf16 copy made once and kept, and the output [to, ho, wo, co] widened back
-  // to [co, to, ho, wo] with the bias (and residual) in one transposing pass. False, having written nothing to y,
-  // where cuDNN has no algorithm (conv3d_bf16 then runs channels first).
+  // to [co, to, ho, wo] with the bias (and residual) in one transposing pass. False, having
+  // written nothing to y, where cuDNN has no algorithm (conv3d_bf16 then runs channels first).
   bool conv3d_bf16_ndhwc(const Tensor& front, const Tensor& x, const Tensor& w, const Tensor* bias,
                          const Conv3dShape& s, int64_t co, Tensor& y, const Tensor* residual) {
     const int64_t f = s.h * s.w, t = s.t + s.pad_t;
