@@ -43,6 +43,9 @@ PROMPTS=(
   "a white square moves left on a green background|white|-1|0"
 )
 
+# a KEY=value field of a clip_report line: field KEY LINE
+field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
+
 # one render: SETTING_INDEX PROMPT_INDEX (8: the shot list) SEED -> one results line
 one() {
   local si=$1 pi=$2 seed=$3
@@ -71,8 +74,8 @@ one() {
     for s in 0 1 2; do
       local rep c
       rep=$("$BUILD/clip_report" "$rgb" "$W" "$H" "${b[$s]}" "${b[$((s + 1))]}")
-      c=$(sed -E 's/^colour=([a-z]+).*/\1/' <<<"$rep")
-      [ "$s" = 0 ] && dx=$(sed -E 's/.* dx=([-0-9.]+).*/\1/' <<<"$rep")
+      c=$(field colour "$rep")
+      [ "$s" = 0 ] && dx=$(field dx "$rep")
       cols="$cols$c,"
       [ "$c" = "${want[$s]}" ] || ok=0
     done
@@ -83,9 +86,9 @@ one() {
     IFS='|' read -r _ want dxs dys <<<"${PROMPTS[$pi]}"
     local rep c dx dy
     rep=$("$BUILD/clip_report" "$rgb" "$W" "$H")
-    c=$(sed -E 's/^colour=([a-z]+).*/\1/' <<<"$rep")
-    dx=$(sed -E 's/.* dx=([-0-9.]+).*/\1/' <<<"$rep")
-    dy=$(sed -E 's/.* dy=([-0-9.]+).*/\1/' <<<"$rep")
+    c=$(field colour "$rep")
+    dx=$(field dx "$rep")
+    dy=$(field dy "$rep")
     local cok=0 mok
     [ "$c" = "$want" ] && cok=1
     mok=$(awk -v x="$dx" -v y="$dy" -v sx="$dxs" -v sy="$dys" \
@@ -96,7 +99,7 @@ one() {
 }
 
 SETTINGS=("$@")
-export -f one
+export -f one field
 export BUILD DEVICE model out shots_file W H
 # arrays do not export: pass them as strings
 export SETTINGS_STR PROMPTS_STR
