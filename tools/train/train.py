@@ -351,7 +351,7 @@ def train_dit(a, log, gen, device, enc, mean, std, text, resume=None, slice_seco
         ctx = text.ctx(ids)
         B = x0.shape[0]
         u = torch.sigmoid(torch.randn(B, generator=dgen, device=device))
-        s = a.shift * u / (1 + (a.shift - 1) * u)
+        s = shifted(u, a.shift)
         if a.uniform_t > 0:  # a share of the clips at uniform noise levels (routing balance at low noise)
             flat = torch.rand(B, generator=dgen, device=device)
             pick = torch.rand(B, generator=dgen, device=device) < a.uniform_t
@@ -543,6 +543,11 @@ def ema_model(cfg, state, device):
     return model.eval()
 
 
+def shifted(sigma, shift):
+    """Flow matching's timestep shift (Wan's sample_shift): sigma -> shift sigma / (1 + (shift - 1) sigma)."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
 @torch.no_grad()
 def sample(model, dec, text, caption_ids, shots, a, mean, std, device, steps=25, guidance=None,
            seed=0):
@@ -562,8 +567,7 @@ def sample_latent(model, text, caption_ids, shots, a, device, steps=25, guidance
     g = torch.Generator().manual_seed(seed)
     F_ = sum(shots)
     x = torch.randn(1, 16, F_, a.height // 8, a.width // 8, generator=g).to(device)
-    sig = torch.linspace(1, 0, steps + 1)
-    sig = a.sample_shift * sig / (1 + (a.sample_shift - 1) * sig)
+    sig = shifted(torch.linspace(1, 0, steps + 1), a.sample_shift)
     cond = text.ctx(torch.tensor([caption_ids]))
     unc = text.ctx(torch.full((1, len(shots)), -1))
     lay = model.layout(list(shots), x.shape[3] // 2, x.shape[4] // 2, False, device)
@@ -596,8 +600,7 @@ def calibrate_routers(model, text, a, device, log, rounds=12, videos=16, steps=1
     gen = torch.Generator().manual_seed(a.seed + 7)
     F_, h, w = 13, a.height // 8, a.width // 8
     lay = model.layout([F_], h // 2, w // 2, False, device)
-    sig = torch.linspace(1, 0, steps + 1)  # the trajectory of the exported sampling defaults
-    sig = a.sample_shift * sig / (1 + (a.sample_shift - 1) * sig)
+    sig = shifted(torch.linspace(1, 0, steps + 1), a.sample_shift)  # the exported defaults' trajectory
     M = a.groups
 
     def shares(g):
