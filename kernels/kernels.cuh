@@ -32,6 +32,22 @@ inline void check_cublas(cublasStatus_t s, const char* expr, const char* file, i
 // Whether a device pointer allows 16-byte vector access.
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// ---- our fused attention for Hopper (kernels/flash_sm90.cu) ----------------------------------
+// Whether `device` is an sm_90 GPU and the driver encodes TMA tensor maps.
+bool flash_sm90_supported(int device);
+// Dense non-causal attention, q [nq, h, d], k and v [nk, h, d], o [nq, h, d], bf16, d = 128;
+// block_n (128 or 176) key rows per step. False (nothing launched) where the call does not fit
+// the kernel: another d, unaligned pointers, a tensor map the driver refuses.
+bool flash_sm90_dense(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t nq, int64_t nk,
+                      int64_t h, int64_t d, float scale, int block_n, cudaStream_t stream);
+// Ragged: segments packed back to back, q/o [total_q, h, d], k/v [total_k, h, d]; `tiles` (on
+// the device) holds n_tiles groups of four int32, flash_sm90_tiles' table: each 128 query
+// rows of a segment with the end of its segment, its first key row and its key count.
+std::vector<int32_t> flash_sm90_tiles(const std::vector<int64_t>& lq, const std::vector<int64_t>& lk);
+bool flash_sm90_ragged(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t total_q,
+                       int64_t total_k, int64_t h, int64_t d, float scale, const int32_t* tiles, int64_t n_tiles,
+                       int block_n, cudaStream_t stream);
+
 // ---- logging from the kernels' host code (defined in cuda_ops.cpp, through spdlog) ------------
 void log_warning(const std::string& msg);
 void log_debug(const std::string& msg);
@@ -208,10 +224,12 @@ void attention_f32(cublasHandle_t blas, cudaStream_t stream, DeviceMemory& mem, 
                    const float* k, const float* v, float* o, int64_t nq, int64_t nk, int64_t h,
                    int64_t d, int64_t ld, float scale, const float* bias);
 
-// cuDNN fused flash attention (bf16 in/out, fp32 softmax) with a plan cache keyed by shape.
-// The first call of a shape times up to four of the heuristics' engine configurations and
-// keeps the fastest. Token-major packed layout [tokens, h, d]. run() returns false, without side effects,
-// when cuDNN is not built in or cannot run this shape (the caller then falls back).
+// Fused flash attention (bf16 in/out, fp32 softmax): cuDNN's, with a plan cache keyed by shape
+// (the first call of a shape times up to four of the heuristics' engine configurations and
+// keeps the fastest), and on sm_90 GPUs at head size 128 our own (flash_sm90_*), each shape
+// class timed against cuDNN's on its first call (attention.cu). Token-major packed layout
+// [tokens, h, d]. dense() and ragged() return false, without side effects, when neither
+// kernel can run the shape (the caller then falls back).
 class Sdpa {
  public:
   Sdpa(int device, cudaStream_t stream);
@@ -231,8 +249,12 @@ class Sdpa {
   int64_t plans_built() const;
   double plan_seconds() const;
   int64_t timed_choices() const;  // first runs that timed several configurations
+  int64_t sm90_calls() const;     // calls that ran our kernel (kernels/flash_sm90.cu)
 
  private:
+  bool ragged_cudnn(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o,
+                    const std::vector<int64_t>& lq, const std::vector<int64_t>& lk, int64_t h, int64_t d,
+                    float scale);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -498,6 +498,7 @@ TEST(CudaOps, Rope) {
 TEST(CudaOps, AttentionCudnnDense) {
   REQUIRE_CUDA();
   Backends b;
+  b.gpu = cuda_ops_with_env({{"MOGAGEN_ATTENTION_KERNEL", "cudnn"}});
   const float sc = 1.0f / std::sqrt(128.0f);
   for (auto [nq, nk, h] : {std::array<int64_t, 3>{300, 300, 4}, {1000, 77, 2}, {64, 512, 12},
                            {1, 5, 1}}) {
@@ -558,6 +559,7 @@ TEST(CudaOps, AttentionFallbackBiasAndWideHeads) {
 TEST(CudaOps, AttentionVarlen) {
   REQUIRE_CUDA();
   Backends b;
+  b.gpu = cuda_ops_with_env({{"MOGAGEN_ATTENTION_KERNEL", "cudnn"}});  // the plan counts below are cuDNN's
   const int64_t h = 4, d = 128;
   const float sc = 1.0f / std::sqrt(float(d));
   {  // self-attention within segments, incl. a 1-token and an empty segment -> cuDNN ragged
@@ -613,12 +615,15 @@ TEST(CudaOps, AttentionPlanFamilies) {
   Backends b;
   const int64_t h = 4, d = 128;
   const float sc = 1.0f / std::sqrt(float(d));
-  std::unique_ptr<Ops> knobs = cuda_ops_with_env({{"MOGAGEN_SDPA_KNOBS", "search"}}),
-                       one = cuda_ops_with_env({{"MOGAGEN_SDPA_CANDIDATES", "1"}}),
+  // cuDNN's plans alone (on an sm_90 GPU our kernel would take over the classes it wins)
+  const std::pair<std::string, std::string> cudnn{"MOGAGEN_ATTENTION_KERNEL", "cudnn"};
+  std::unique_ptr<Ops> plain = cuda_ops_with_env({cudnn}),
+                       knobs = cuda_ops_with_env({cudnn, {"MOGAGEN_SDPA_KNOBS", "search"}}),
+                       one = cuda_ops_with_env({cudnn, {"MOGAGEN_SDPA_CANDIDATES", "1"}}),
                        // values out of range: a warning each, then the defaults (4, no search)
-                       bad = cuda_ops_with_env({{"MOGAGEN_SDPA_CANDIDATES", "0"}, {"MOGAGEN_SDPA_KNOBS", "maybe"}});
-  for (Ops* g : {b.gpu.get(), knobs.get(), one.get(), bad.get()}) {
-    SCOPED_TRACE(g == b.gpu.get()   ? "default"
+                       bad = cuda_ops_with_env({cudnn, {"MOGAGEN_SDPA_CANDIDATES", "0"}, {"MOGAGEN_SDPA_KNOBS", "maybe"}});
+  for (Ops* g : {plain.get(), knobs.get(), one.get(), bad.get()}) {
+    SCOPED_TRACE(g == plain.get()   ? "default"
                  : g == knobs.get() ? "knob search"
                  : g == one.get()   ? "one candidate"
                                     : "bad values");
@@ -672,6 +677,80 @@ TEST(CudaOps, AttentionFallbackForced) {
   CuSeqlens cq{0, 100, 300}, ck{0, 150, 200};
   check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cq, ck, sc)),
         b.cpu->attention_varlen(q, k, v, cq, ck, sc), kF32Tol, "varlen forced fp32");
+}
+
+// Whether device 0 is an sm_90 GPU (H100, H200): where our attention kernel runs.
+bool sm90_gpu() { return cuda_compute_capability(0) == 90; }
+
+// kernels/flash_sm90.cu forced (MOGAGEN_ATTENTION_KERNEL=sm90) against the CPU: lengths that
+// are not multiples of its 128-row query tiles or 176-row key blocks, a single key block,
+// one query, wide logits (q 8 times larger: the running maximum is raised late and by much),
+// ragged self- and cross-attention with 1-row segments; every call must have run our kernel.
+TEST(CudaOps, AttentionSm90Kernel) {
+  REQUIRE_CUDA();
+  if (!sm90_gpu()) GTEST_SKIP() << "not an sm_90 GPU";
+  Backends b;
+  b.gpu = cuda_ops_with_env({{"MOGAGEN_ATTENTION_KERNEL", "sm90"}});
+  const float sc = 1.0f / std::sqrt(128.0f);
+  int seed = 300;
+  for (auto [nq, nk, h, qs] : {std::array<int64_t, 4>{300, 517, 3, 1}, {129, 100, 2, 1}, {256, 352, 1, 1},
+                               {1, 9, 1, 1}, {1000, 1500, 2, 8}, {77, 2000, 5, 8}}) {
+    const Tensor q = randn({nq, h, 128}, seed++, float(qs)), k = randn({nk, h, 128}, seed++),
+                 v = randn({nk, h, 128}, seed++);
+    const Ops::AttentionStats s0 = b.gpu->attention_stats();
+    const Tensor o = b.gpu->attention(b.up(q), b.up(k), b.up(v), sc);
+    const Ops::AttentionStats s1 = b.gpu->attention_stats();
+    check(b.down(o), b.cpu->attention(q, k, v, sc), kBf16Tol,
+          ("sm90 " + std::to_string(nq) + "x" + std::to_string(nk) + " h" + std::to_string(h) + " q x" +
+           std::to_string(qs))
+              .c_str());
+    EXPECT_EQ(s1.sm90_calls - s0.sm90_calls, 1) << "our kernel ran";
+    EXPECT_EQ(s1.fused_calls - s0.fused_calls, 1);
+    EXPECT_EQ(o.dtype(), DType::BF16);
+  }
+  const int64_t h = 4;
+  for (auto [cq, ck] : {std::pair<CuSeqlens, CuSeqlens>{{0, 300, 301, 818, 882}, {0, 300, 301, 818, 882}},
+                        {{0, 100, 150, 400}, {0, 30, 107, 400}},
+                        {{0, 1, 2, 200}, {0, 177, 178, 179}}}) {
+    const Tensor q = randn({cq.back(), h, 128}, seed++, 4.0f), k = randn({ck.back(), h, 128}, seed++),
+                 v = randn({ck.back(), h, 128}, seed++);
+    const Ops::AttentionStats s0 = b.gpu->attention_stats();
+    check(b.down(b.gpu->attention_varlen(b.up(q), b.up(k), b.up(v), cq, ck, sc)),
+          b.cpu->attention_varlen(q, k, v, cq, ck, sc), kBf16Tol, "sm90 ragged");
+    const Ops::AttentionStats s1 = b.gpu->attention_stats();
+    EXPECT_EQ(s1.sm90_calls - s0.sm90_calls, 1) << "one ragged call of our kernel";
+    EXPECT_EQ(s1.per_segment_calls, s0.per_segment_calls);
+    EXPECT_EQ(s1.f32_calls, s0.f32_calls);
+  }
+}
+
+// The default: each shape class's first call times our kernel against cuDNN's and keeps the
+// faster; either way the result is right, and a class is timed once. A bad value of
+// MOGAGEN_ATTENTION_KERNEL warns and means the default.
+TEST(CudaOps, AttentionKernelChoice) {
+  REQUIRE_CUDA();
+  Backends b;
+  std::unique_ptr<Ops> bad = cuda_ops_with_env({{"MOGAGEN_ATTENTION_KERNEL", "fastest"}});
+  const float sc = 1.0f / std::sqrt(128.0f);
+  for (Ops* g : {b.gpu.get(), bad.get()}) {
+    int64_t ours = -1;
+    for (int rep = 0; rep < 3; ++rep) {
+      const Tensor q = randn({700, 2, 128}, 400 + rep), k = randn({900, 2, 128}, 410 + rep),
+                   v = randn({900, 2, 128}, 420 + rep);
+      const Ops::AttentionStats s0 = g->attention_stats();
+      check(g->download(g->attention(g->upload(q), g->upload(k), g->upload(v), sc)), b.cpu->attention(q, k, v, sc),
+            kBf16Tol, "attention, the class's choice");
+      const Ops::AttentionStats s1 = g->attention_stats();
+      EXPECT_EQ(s1.fused_calls - s0.fused_calls, 1);
+      if (!sm90_gpu()) {
+        EXPECT_EQ(s1.sm90_calls, s0.sm90_calls) << "our kernel runs on sm_90 only";
+      }
+      if (rep > 0) {
+        EXPECT_EQ(s1.sm90_calls - s0.sm90_calls, ours) << "the class kept its kernel";
+      }
+      ours = s1.sm90_calls - s0.sm90_calls;
+    }
+  }
 }
 
 TEST(CudaOps, GatherScatter) {

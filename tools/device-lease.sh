@@ -10,6 +10,8 @@
 #
 # (the tree, .debs and the three golden sets together exceed the 64 MiB a call carries)
 # issue 4 closes on same-lease ratios only, so `peer` follows `measure` in the same lease.
+# Our attention kernel (eleventh session): `flash` (the kernel alone, tools/flash_probe.cu),
+# `sm90` (carry .debs, .golden/wan-a, .golden/moga-a: the engine with it), then `peer`.
 # For a training run (issue 6; run 12 ships since the ninth session):
 #   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
 #   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
@@ -245,6 +247,50 @@ case "${1:-}" in
         timeout 60 build/mogagen_bench attention --tokens 32760 --segment 0 --heads $h --iters $it 2>&1 | cut -c1-200
         timeout 90 python3 tools/peer/sdpa_sustained.py $h $it 2>&1 | tail -2 | cut -c1-200
       done
+    done
+    ;;
+  sm90)
+    # kernels/flash_sm90.cu in the engine (carry .debs, .golden/wan-a, .golden/moga-a): build,
+    # the GPU tests, verify --device cuda on both sets, then issue 4's benches with the
+    # attention kernel chosen per shape class (the default) and with cuDNN's forced
+    build_here mogagen mogagen_bench mogagen_tests || exit 1
+    timeout 240 build/mogagen_tests --gtest_filter='CudaOps.*:BenchOptions.*' >"$OUT/gputests.log" 2>&1
+    echo "GPU tests: exit $?"
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|sm90|FAILED" "$OUT/gputests.log" | head -30 | cut -c1-200
+    VERIFY_SETS="wan-a moga-a" OUT="$OUT" timeout 200 tools/device-check.sh golden >"$OUT/verify.log" 2>&1
+    echo "verify: exit $?"
+    grep "==" "$OUT/device-check.txt" | cut -c1-160
+    bench_step() {  # bench_step NAME ARGS...: the bench's summary lines
+      local name=$1
+      shift
+      timeout 200 "$@" >"$OUT/$name.log" 2>&1
+      echo "$name: exit $?"
+      grep -E "median|TFLOP/s|attention:|decode|peak" "$OUT/$name.log" | cut -c1-200
+    }
+    bench_step dit13 build/mogagen_bench dit --model 1.3b --iters 8
+    bench_step dit13-cudnn env MOGAGEN_ATTENTION_KERNEL=cudnn build/mogagen_bench dit --model 1.3b --iters 8
+    bench_step dit13-profile build/mogagen_bench dit --model 1.3b --iters 3 --profile on --log verbose
+    bench_step dit14 build/mogagen_bench dit --model 14b --iters 3
+    bench_step attention build/mogagen_bench attention
+    bench_step t5 build/mogagen_bench t5 --tokens 512
+    bench_step vae build/mogagen_bench vae
+    ;;
+  flash)
+    # kernels/flash_sm90.cu alone (tools/flash_probe.cu): correctness on odd shapes, then
+    # sustained against the peer's cuDNN SDPA, alternately (FLASH_BN: block sizes to time)
+    nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Xptxas -v -o "$OUT/flash_probe" \
+      tools/flash_probe.cu kernels/flash_sm90.cu >"$OUT/flash-build.log" 2>&1 ||
+      { tail -20 "$OUT/flash-build.log"; exit 1; }
+    grep -E "C75|registers|spill" "$OUT/flash-build.log" | cut -c1-160
+    (cuobjdump -sass "$OUT/flash_probe" >"$OUT/flash.sass") 2>/dev/null
+    for shape in "1000 2 0 128" "1000 2 0 176" "777 3 0 176 1500" "200 1 0 128 100" "4096 4 0 176"; do
+      timeout 30 "$OUT/flash_probe" $shape 2>&1 | head -3 | cut -c1-240
+    done
+    for round in 1 2; do
+      for bn in ${FLASH_BN:-176 128}; do
+        timeout 60 "$OUT/flash_probe" 32760 12 300 "$bn" 2>&1 | tail -2 | cut -c1-200
+      done
+      timeout 90 python3 tools/peer/sdpa_sustained.py 12 300 2>&1 | tail -1 | cut -c1-200
     done
     ;;
   gputests)

@@ -155,15 +155,16 @@ void print_profile(Model& m, Run run, const char* what, const char* rest) {
 
 // The fused attention's counters between two Ops::attention_stats() readings: plans built
 // (and the host seconds spent building and timing them), fused calls, ragged calls run
-// segment by segment, and calls that fell back to float32. Any plan building or fallback
-// inside a timed run shows here.
+// segment by segment, and calls that fell back to float32; of the fused calls, those that
+// ran our sm90 kernel rather than cuDNN's. Any plan building or fallback inside a timed run
+// shows here.
 void print_attention_stats(const char* what, const Ops::AttentionStats& a, const Ops::AttentionStats& b) {
   std::printf("%s attention: %lld plans built (%.2f s, %lld of them timing configurations), %lld fused "
-              "calls, %lld segment by segment, %lld float32 fallbacks\n",
+              "calls (%lld on our sm90 kernel), %lld segment by segment, %lld float32 fallbacks\n",
               what, (long long)(b.plans - a.plans), b.plan_seconds - a.plan_seconds,
               (long long)(b.timed_choices - a.timed_choices),
-              (long long)(b.fused_calls - a.fused_calls), (long long)(b.per_segment_calls - a.per_segment_calls),
-              (long long)(b.f32_calls - a.f32_calls));
+              (long long)(b.fused_calls - a.fused_calls), (long long)(b.sm90_calls - a.sm90_calls),
+              (long long)(b.per_segment_calls - a.per_segment_calls), (long long)(b.f32_calls - a.f32_calls));
 }
 
 // Largest group over its fair share N/M: the worst block's and the mean over blocks.

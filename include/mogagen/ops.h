@@ -64,6 +64,8 @@ class Ops {
     // plans whose first run timed several configurations (a family's first shape; its later
     // shapes build the family's choice alone)
     int64_t timed_choices = 0;
+    // fused calls that ran our own kernel (CUDA on sm_90: kernels/flash_sm90.cu), not cuDNN's
+    int64_t sm90_calls = 0;
   };
   virtual AttentionStats attention_stats() { return {}; }
 
@@ -348,6 +350,9 @@ std::unique_ptr<Ops> make_cpu_ops();
 // The CUDA backend; throws mg::Error(Device) when CUDA is not built or no GPU is present.
 std::unique_ptr<Ops> make_cuda_ops(int device_index);
 bool cuda_available();  // built with CUDA and a device is visible
+// Device `device_index`'s compute capability as 10 * major + minor (90: H100, H200); 0 where
+// CUDA is not built in or there is no such device.
+int cuda_compute_capability(int device_index);
 // "cpu" | "cuda" | "cuda:N"
 std::unique_ptr<Ops> make_ops(const std::string& device);
 

@@ -4,6 +4,7 @@
 namespace mg {
 
 bool cuda_available() { return false; }
+int cuda_compute_capability(int) { return 0; }
 
 std::unique_ptr<Ops> make_cuda_ops(int) {
   throw device_error(

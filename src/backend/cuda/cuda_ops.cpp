@@ -1108,6 +1108,7 @@ class CudaOps final : public Ops {
     a.plans = sdpa_->plans_built();
     a.plan_seconds = sdpa_->plan_seconds();
     a.timed_choices = sdpa_->timed_choices();
+    a.sm90_calls = sdpa_->sm90_calls();
     return a;
   }
 
@@ -1885,6 +1886,12 @@ bool cuda_available() {
   } catch (...) {
     return false;
   }
+}
+
+int cuda_compute_capability(int device_index) {
+  cudaDeviceProp p{};
+  if (!cuda_available() || cudaGetDeviceProperties(&p, device_index) != cudaSuccess) return 0;
+  return 10 * p.major + p.minor;
 }
 
 std::unique_ptr<Ops> make_cuda_ops(int device_index) {
