@@ -65,8 +65,10 @@ struct KernelChoice {
     return b;
   }
   // Runs the call: `mine` (our kernel) or `cudnn` (false where cuDNN cannot), whichever the
-  // class chose; the class's first call times both on its operands (fastest_of) and runs the
-  // winner once more, so that the output is always the chosen kernel's.
+  // class chose. The class's first call chooses on its operands: each runs once untimed
+  // (cuDNN builds and tunes its plan), then both are timed in the order mine, cuDNN, cuDNN,
+  // mine, so that a GPU warming towards its power cap favours neither; the winner then runs
+  // once more, so that the output is always the chosen kernel's.
   template <typename Mine, typename Cudnn>
   bool run(const std::array<int64_t, 4>& key, cudaStream_t stream, Mine&& mine, Cudnn&& cudnn) {
     if (!sm90 || key[2] != 128) return cudnn();
@@ -74,13 +76,31 @@ struct KernelChoice {
     if (mode == KernelMode::Auto) {
       auto it = ours.find(key);
       if (it == ours.end()) {
-        std::vector<float> t;
-        fastest_of(2, stream, [&](size_t i) { return i == 0 ? mine() : cudnn(); }, nullptr, &t);
+        const bool can_mine = mine(), can_cudnn = cudnn();
+        bool pick = can_mine;
+        if (can_mine && can_cudnn) {
+          float t[2] = {0.0f, 0.0f};
+          cudaEvent_t e0, e1;
+          MG_CUDA_CHECK(cudaEventCreate(&e0));
+          MG_CUDA_CHECK(cudaEventCreate(&e1));
+          for (const int i : {0, 1, 1, 0}) {
+            MG_CUDA_CHECK(cudaEventRecord(e0, stream));
+            if (i == 0) mine();
+            else cudnn();
+            MG_CUDA_CHECK(cudaEventRecord(e1, stream));
+            MG_CUDA_CHECK(cudaEventSynchronize(e1));
+            float ms = 0.0f;
+            MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+            t[i] += ms / 2.0f;
+          }
+          cudaEventDestroy(e0);
+          cudaEventDestroy(e1);
+          pick = t[0] <= t[1];
+          log_debug(std::string("attention ") + (key[0] ? "ragged" : "dense") + " h=" + std::to_string(key[1]) +
+                    " keys < 2^" + std::to_string(key[3]) + ": sm90 " + std::to_string(t[0]) + " ms, cuDNN " +
+                    std::to_string(t[1]) + " ms; " + (pick ? "sm90" : "cuDNN") + " kept");
+        }
         ++timed;
-        const bool pick = t[0] >= 0.0f && (t[1] < 0.0f || t[0] <= t[1]);
-        log_debug(std::string("attention ") + (key[0] ? "ragged" : "dense") + " h=" + std::to_string(key[1]) +
-                  " keys < 2^" + std::to_string(key[3]) + ": sm90 " + std::to_string(t[0]) + " ms, cuDNN " +
-                  std::to_string(t[1]) + " ms; " + (pick ? "sm90" : "cuDNN") + " kept");
         it = ours.emplace(key, pick).first;
       }
       use_mine = it->second;

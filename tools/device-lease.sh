@@ -275,6 +275,28 @@ case "${1:-}" in
     bench_step t5 build/mogagen_bench t5 --tokens 512
     bench_step vae build/mogagen_bench vae
     ;;
+  sm90b)
+    # after sm90 and peer (carry .debs, .golden/wan-c): the GPU tests again, verify on the
+    # third set, the CPU-vs-GPU renders and CpuAndGpuAgree, the attention bench (each case
+    # says which kernel ran) and the 1.3B with the choice logged
+    build_here mogagen mogagen_bench mogagen_tests || exit 1
+    timeout 240 build/mogagen_tests --gtest_filter='CudaOps.*:BenchOptions.*' >"$OUT/gputests.log" 2>&1
+    echo "GPU tests: exit $?"
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|FAILED" "$OUT/gputests.log" | head -20 | cut -c1-200
+    VERIFY_SETS="wan-c" OUT="$OUT" timeout 200 tools/device-check.sh golden >"$OUT/verify.log" 2>&1
+    echo "verify: exit $?"
+    grep "==" "$OUT/device-check.txt" | cut -c1-160
+    timeout 200 tools/check-gpu-cpu.sh build >"$OUT/check-gpu-cpu.log" 2>&1
+    echo "check-gpu-cpu: exit $?"
+    tail -3 "$OUT/check-gpu-cpu.log" | cut -c1-200
+    agree_step
+    timeout 150 build/mogagen_bench attention --log verbose >"$OUT/attention.log" 2>&1
+    echo "bench attention: exit $?"
+    grep -E "^attention|kept" "$OUT/attention.log" | cut -c1-200
+    timeout 100 build/mogagen_bench dit --model 1.3b --iters 8 --log verbose >"$OUT/dit13.log" 2>&1
+    echo "dit 1.3b: exit $?"
+    grep -E "median|kept|attention:" "$OUT/dit13.log" | cut -c1-200
+    ;;
   flash)
     # kernels/flash_sm90.cu alone (tools/flash_probe.cu): correctness on odd shapes, then
     # sustained against the peer's cuDNN SDPA, alternately (FLASH_BN: block sizes to time)

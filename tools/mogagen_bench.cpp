@@ -383,16 +383,21 @@ void bench_attention_case(Ops& ops, const char* what, const std::vector<int64_t>
   run();
   ops.synchronize();
   std::vector<double> times;
+  const Ops::AttentionStats a = ops.attention_stats();
   for (int i = 0; i < std::max(iters, 3); ++i) {
     const double s = now();
     Tensor o = run();
     ops.synchronize();
     times.push_back(now() - s);
   }
+  const Ops::AttentionStats b = ops.attention_stats();
+  // which kernel ran the timed calls: ours (sm90), cuDNN's, or the float32 fallback
+  const int64_t calls = b.fused_calls - a.fused_calls, mine = b.sm90_calls - a.sm90_calls;
+  const char* kernel = calls == 0 ? "fallback" : mine == calls ? "sm90" : mine == 0 ? "cuDNN" : "mixed";
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2], flops = 4.0 * pairs * double(H) * double(d);
-  std::printf("attention %-44s H=%-3lld d=%lld tokens=%-7lld %8.3f ms  %6.1f TFLOP/s (%s operands)\n", what,
-              (long long)H, (long long)d, (long long)nq, med * 1e3, flops / med / 1e12, operands.c_str());
+  std::printf("attention %-44s H=%-3lld d=%lld tokens=%-7lld %8.3f ms  %6.1f TFLOP/s (%s operands, %s)\n", what,
+              (long long)H, (long long)d, (long long)nq, med * 1e3, flops / med / 1e12, operands.c_str(), kernel);
 }
 
 // Issue 4's attention targets (dense at 40 and 12 heads x 32,760 tokens; varlen segments of
