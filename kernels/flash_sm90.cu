@@ -43,7 +43,7 @@ struct Layout {
   static constexpr int kTileBytes = BN * kD * 2;  // one K or V tile
   static constexpr int kTileHalf = BN * 128;
   static constexpr int kBarOffset = kQBytes + 2 * kStages * kTileBytes;
-  static constexpr int kSmem = kBarOffset + 128 + 1024;  // barriers; alignment slack
+  static constexpr int kSmem = kBarOffset + 256 + 1024;  // barriers; alignment slack
 };
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -135,7 +135,8 @@ template <int BN>
 __global__ void __launch_bounds__(kThreads, 1)
     flash_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                      const __grid_constant__ CUtensorMap tv, uint16_t* __restrict__ out, int64_t out_row,
-                     const int4* __restrict__ tiles, int sq, int skv, float scale_log2) {
+                     const int4* __restrict__ tiles, int tiles_x, int n_tiles, int sq, int skv_dense,
+                     float scale_log2) {
 #ifdef MG_SM90A
   using L = Layout<BN>;
   constexpr int kSRegs = BN / 2;   // S accumulators per thread
@@ -147,61 +148,83 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t sK = sQ + L::kQBytes;
   const uint32_t sV = sK + kStages * L::kTileBytes;
   const uint32_t bars = sQ + L::kBarOffset;
-  const uint32_t q_full = bars;
-  auto k_full = [&](int s) { return bars + 8 * (1 + s); };
-  auto k_empty = [&](int s) { return bars + 8 * (1 + kStages + s); };
-  auto v_full = [&](int s) { return bars + 8 * (1 + 2 * kStages + s); };
-  auto v_empty = [&](int s) { return bars + 8 * (1 + 3 * kStages + s); };
+  const uint32_t q_full = bars, q_empty = bars + 8;
+  auto k_full = [&](uint32_t s) { return bars + 8 * (2 + s); };
+  auto k_empty = [&](uint32_t s) { return bars + 8 * (2 + kStages + s); };
+  auto v_full = [&](uint32_t s) { return bars + 8 * (2 + 2 * kStages + s); };
+  auto v_empty = [&](uint32_t s) { return bars + 8 * (2 + 3 * kStages + s); };
 
-  // This CTA's query rows [q_row, q_end) and key rows [k_row, k_row + skv): dense, the
-  // blockIdx.x-th 128 rows of one segment; ragged, tiles[blockIdx.x] = {first query row, end
-  // of its segment, first key row, key count} (rows of the packed tensors).
-  const int head = blockIdx.y;
-  int q_row = blockIdx.x * kBM, q_end = sq, k_row = 0;
-  if (tiles) {
-    const int4 tl = tiles[blockIdx.x];
-    q_row = tl.x;
-    q_end = tl.y;
-    k_row = tl.z;
-    skv = tl.w;
-  }
-  const int n_blocks = (skv + BN - 1) / BN;
+  // Tile t (this CTA takes blockIdx.x, + gridDim.x, ...; a grid of one CTA per tile, or of
+  // one per SM that loops): head t / tiles_x, and query rows [q_row, q_end), key rows
+  // [k_row, k_row + kv). Dense: the x-th 128 rows of the one segment; ragged: tiles[x] =
+  // {first query row, end of its segment, first key row, key count} (packed rows).
+  struct Tile {
+    int head, q_row, q_end, k_row, kv;
+  };
+  auto tile_at = [&](int t) {
+    Tile r;
+    r.head = t / tiles_x;
+    const int x = t - r.head * tiles_x;
+    if (tiles) {
+      const int4 tl = tiles[x];
+      r.q_row = tl.x;
+      r.q_end = tl.y;
+      r.k_row = tl.z;
+      r.kv = tl.w;
+    } else {
+      r.q_row = x * kBM;
+      r.q_end = sq;
+      r.k_row = 0;
+      r.kv = skv_dense;
+    }
+    return r;
+  };
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
     mbar_init(q_full, 1);
+    mbar_init(q_empty, 8);  // one arrival per consumer warp
     for (int s = 0; s < kStages; ++s) {
       mbar_init(k_full(s), 1);
       mbar_init(v_full(s), 1);
-      mbar_init(k_empty(s), 8);  // one arrival per consumer warp
+      mbar_init(k_empty(s), 8);
       mbar_init(v_empty(s), 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
+  // The K and V rings run on across tiles: the n-th tile block loaded (and consumed) uses
+  // stage n % kStages in its (n / kStages)-th round.
   if (wg == 0) {
     // ---- producer -------------------------------------------------------------------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
     if (threadIdx.x == 0) {
-      mbar_expect_tx(q_full, L::kQBytes);
-      tma_load(sQ, &tq, q_full, 0, head, q_row);
-      tma_load(sQ + L::kQHalf, &tq, q_full, 64, head, q_row);
-      auto load = [&](const CUtensorMap* map, uint32_t base, uint32_t full, uint32_t empty, int j) {
-        const uint32_t use = static_cast<uint32_t>(j / kStages);
-        mbar_wait(empty, (use & 1) ^ 1);
-        mbar_expect_tx(full, L::kTileBytes);
-        tma_load(base, map, full, 0, head, k_row + j * BN);
-        tma_load(base + L::kTileHalf, map, full, 64, head, k_row + j * BN);
-      };
-      load(&tk, sK, k_full(0), k_empty(0), 0);
-      for (int j = 1; j < n_blocks; ++j) {
-        const int s = j % kStages, sp = (j - 1) % kStages;
-        load(&tk, sK + s * L::kTileBytes, k_full(s), k_empty(s), j);
-        load(&tv, sV + sp * L::kTileBytes, v_full(sp), v_empty(sp), j - 1);
+      uint32_t kc = 0, vc = 0, round = 0;
+      for (int t = blockIdx.x; t < n_tiles; t += gridDim.x, ++round) {
+        const Tile tl = tile_at(t);
+        const int n_blocks = (tl.kv + BN - 1) / BN;
+        auto load = [&](const CUtensorMap* map, uint32_t ring, bool is_k, uint32_t& cnt, int j) {
+          const uint32_t st = cnt % kStages, use = cnt / kStages;
+          const uint32_t full = is_k ? k_full(st) : v_full(st), empty = is_k ? k_empty(st) : v_empty(st);
+          mbar_wait(empty, (use & 1) ^ 1);
+          mbar_expect_tx(full, L::kTileBytes);
+          const uint32_t base = ring + st * L::kTileBytes;
+          tma_load(base, map, full, 0, tl.head, tl.k_row + j * BN);
+          tma_load(base + L::kTileHalf, map, full, 64, tl.head, tl.k_row + j * BN);
+          ++cnt;
+        };
+        load(&tk, sK, true, kc, 0);
+        mbar_wait(q_empty, (round & 1) ^ 1);  // the previous tile's last Q K^T is done
+        mbar_expect_tx(q_full, L::kQBytes);
+        tma_load(sQ, &tq, q_full, 0, tl.head, tl.q_row);
+        tma_load(sQ + L::kQHalf, &tq, q_full, 64, tl.head, tl.q_row);
+        for (int j = 1; j < n_blocks; ++j) {
+          load(&tk, sK, true, kc, j);
+          load(&tv, sV, false, vc, j - 1);
+        }
+        load(&tv, sV, false, vc, n_blocks - 1);
       }
-      const int sl = (n_blocks - 1) % kStages;
-      load(&tv, sV + sl * L::kTileBytes, v_full(sl), v_empty(sl), n_blocks - 1);
     }
     return;
   }
@@ -209,20 +232,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   // ---- consumers ----------------------------------------------------------------------------
   asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
   const int c = wg - 1;  // which 64 rows of the CTA
-  const int t = threadIdx.x % 128;
-  const int warp = t / 32, lane = t % 32;
+  const int t_in = threadIdx.x % 128;
+  const int warp = t_in / 32, lane = t_in % 32;
   const bool warp_leader = lane == 0;
   const int my_bar = 1 + c, other_bar = 2 - c;
 
   float o[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
   float s[kSRegs];
   uint32_t p[kPRegs];
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  float m0, m1, l0, l1;
+  int kv = 0;
 
   const uint32_t q_base = sQ + c * 64 * 128;
-  auto issue_qk = [&](int stage) {
+  auto issue_qk = [&](uint32_t stage) {
     const uint32_t k_base = sK + stage * L::kTileBytes;
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) {
@@ -236,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   };
-  auto issue_pv = [&](int stage) {
+  auto issue_pv = [&](uint32_t stage) {
     const uint32_t v_base = sV + stage * L::kTileBytes;
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
@@ -248,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncwarp();
     if (warp_leader) mbar_arrive(bar);
   };
-  // Columns at or beyond skv in block j get -inf (rows past the tensor's end read as zeros,
+  // Columns at or beyond kv in block j get -inf (rows past the tensor's end read as zeros,
   // past a segment's end as the next segment's keys; both are masked).
   auto mask = [&](int j) {
     const int col0 = j * BN + 2 * (lane % 4);
@@ -256,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int nb = 0; nb < BN / 8; ++nb) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        if (col0 + 8 * nb + e >= skv) {
+        if (col0 + 8 * nb + e >= kv) {
           s[4 * nb + e] = -INFINITY;
           s[4 * nb + 2 + e] = -INFINITY;
         }
@@ -322,85 +344,112 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  if (c == 1) named_arrive(1);  // warpgroup 0 issues first
-  mbar_wait(q_full, 0);
-
-  // Block 0: S, then its softmax.
-  mbar_wait(k_full(0), 0);
-  named_sync(my_bar);
-  wgmma_fence();
-  issue_qk(0);
-  wgmma_commit();
-  named_arrive(other_bar);
-  wgmma_wait<0>();
-  fence_regs(s);
-  release(k_empty(0));
-  if (n_blocks == 1) mask(0);
-  {
-    float a0, a1;
-    softmax(a0, a1);
-    to_p();
-  }
-
-  // Block j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} issued together; the softmax of S_j runs
-  // while the second product is in flight.
-  for (int j = 1; j < n_blocks; ++j) {
-    const int s_k = j % kStages, s_v = (j - 1) % kStages;
-    mbar_wait(k_full(s_k), static_cast<uint32_t>((j / kStages) & 1));
-    mbar_wait(v_full(s_v), static_cast<uint32_t>(((j - 1) / kStages) & 1));
-    named_sync(my_bar);
-    fence_regs(p);
-    fence_regs(o);
-    fence_regs(s);
-    wgmma_fence();
-    issue_qk(s_k);
-    wgmma_commit();
-    issue_pv(s_v);
-    wgmma_commit();
-    named_arrive(other_bar);
-    wgmma_wait<1>();
-    fence_regs(s);
-    release(k_empty(s_k));
-    if (j == n_blocks - 1) mask(j);
-    float a0, a1;
-    softmax(a0, a1);
-    wgmma_wait<0>();
-    fence_regs(o);
-    fence_regs(p);
-    release(v_empty(s_v));
-    rescale(a0, a1);
-    to_p();
-  }
-
-  {
-    const int s_v = (n_blocks - 1) % kStages;
-    mbar_wait(v_full(s_v), static_cast<uint32_t>(((n_blocks - 1) / kStages) & 1));
-    named_sync(my_bar);
-    fence_regs(p);
-    fence_regs(o);
-    wgmma_fence();
-    issue_pv(s_v);
-    wgmma_commit();
-    if (c == 0) named_arrive(other_bar);  // warpgroup 1's last turn has no successor
-    wgmma_wait<0>();
-    fence_regs(o);
-    release(v_empty(s_v));
-  }
-
-  // Epilogue: O / l as bf16.
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-  const int row0 = q_row + c * 64 + warp * 16 + lane / 4;
-  const int row1 = row0 + 8;
-  uint16_t* base0 = out + static_cast<int64_t>(row0) * out_row + head * kD + 2 * (lane % 4);
-  uint16_t* base1 = out + static_cast<int64_t>(row1) * out_row + head * kD + 2 * (lane % 4);
+  // The two warpgroups take turns to issue their products (named barriers 1 and 2), tile
+  // after tile; warpgroup 0 first.
+  if (c == 1 && static_cast<int>(blockIdx.x) < n_tiles) named_arrive(1);
+  uint32_t kc = 0, vc = 0, round = 0;
+  for (int t = blockIdx.x; t < n_tiles; t += gridDim.x, ++round) {
+    const Tile tl = tile_at(t);
+    kv = tl.kv;
+    const int n_blocks = (kv + BN - 1) / BN;
+    const bool last_tile = t + static_cast<int>(gridDim.x) >= n_tiles;
 #pragma unroll
-  for (int nb = 0; nb < 16; ++nb) {
-    if (row0 < q_end) *reinterpret_cast<uint32_t*>(base0 + 8 * nb) = pack_bf16(o[4 * nb] * inv0, o[4 * nb + 1] * inv0);
-    if (row1 < q_end) *reinterpret_cast<uint32_t*>(base1 + 8 * nb) = pack_bf16(o[4 * nb + 2] * inv1, o[4 * nb + 3] * inv1);
+    for (int i = 0; i < 64; ++i) o[i] = 0.f;
+    m0 = m1 = -INFINITY;
+    l0 = l1 = 0.f;
+    mbar_wait(q_full, round & 1);
+
+    // Block 0: S, then its softmax.
+    {
+      const uint32_t st = kc % kStages;
+      mbar_wait(k_full(st), (kc / kStages) & 1);
+      named_sync(my_bar);
+      fence_regs(s);
+      wgmma_fence();
+      issue_qk(st);
+      wgmma_commit();
+      named_arrive(other_bar);
+      wgmma_wait<0>();
+      fence_regs(s);
+      release(k_empty(st));
+      ++kc;
+      if (n_blocks == 1) {
+        release(q_empty);
+        mask(0);
+      }
+      float a0, a1;
+      softmax(a0, a1);
+      to_p();
+    }
+
+    // Block j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} issued together; the softmax of S_j
+    // runs while the second product is in flight.
+    for (int j = 1; j < n_blocks; ++j) {
+      const uint32_t sk = kc % kStages, sv = vc % kStages;
+      mbar_wait(k_full(sk), (kc / kStages) & 1);
+      mbar_wait(v_full(sv), (vc / kStages) & 1);
+      named_sync(my_bar);
+      fence_regs(p);
+      fence_regs(o);
+      fence_regs(s);
+      wgmma_fence();
+      issue_qk(sk);
+      wgmma_commit();
+      issue_pv(sv);
+      wgmma_commit();
+      named_arrive(other_bar);
+      wgmma_wait<1>();
+      fence_regs(s);
+      release(k_empty(sk));
+      ++kc;
+      if (j == n_blocks - 1) {
+        release(q_empty);  // this tile's last use of Q: the producer may load the next
+        mask(j);
+      }
+      float a0, a1;
+      softmax(a0, a1);
+      wgmma_wait<0>();
+      fence_regs(o);
+      fence_regs(p);
+      release(v_empty(sv));
+      ++vc;
+      rescale(a0, a1);
+      to_p();
+    }
+
+    {
+      const uint32_t sv = vc % kStages;
+      mbar_wait(v_full(sv), (vc / kStages) & 1);
+      named_sync(my_bar);
+      fence_regs(p);
+      fence_regs(o);
+      wgmma_fence();
+      issue_pv(sv);
+      wgmma_commit();
+      if (c == 0 || !last_tile) named_arrive(other_bar);  // warpgroup 1's last turn has no successor
+      wgmma_wait<0>();
+      fence_regs(o);
+      release(v_empty(sv));
+      ++vc;
+    }
+
+    // Epilogue: O / l as bf16.
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    const int row0 = tl.q_row + c * 64 + warp * 16 + lane / 4;
+    const int row1 = row0 + 8;
+    uint16_t* base0 = out + static_cast<int64_t>(row0) * out_row + tl.head * kD + 2 * (lane % 4);
+    uint16_t* base1 = out + static_cast<int64_t>(row1) * out_row + tl.head * kD + 2 * (lane % 4);
+#pragma unroll
+    for (int nb = 0; nb < 16; ++nb) {
+      if (row0 < tl.q_end)
+        *reinterpret_cast<uint32_t*>(base0 + 8 * nb) = pack_bf16(o[4 * nb] * inv0, o[4 * nb + 1] * inv0);
+      if (row1 < tl.q_end)
+        *reinterpret_cast<uint32_t*>(base1 + 8 * nb) = pack_bf16(o[4 * nb + 2] * inv1, o[4 * nb + 3] * inv1);
+    }
   }
 #endif
 }
@@ -430,9 +479,22 @@ bool make_map(CUtensorMap* map, const uint16_t* base, int64_t rows, int64_t head
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, count = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      count = 0;
+    return count;
+  }();
+  return n;
+}
+
+// persistent: one CTA per SM, each looping over the tiles (the next tile's loads overlap the
+// current one's last products and stores); else one CTA per tile.
 template <int BN>
 bool launch(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t nq, int64_t nk, int64_t h,
-            float scale, const int32_t* tiles, int64_t n_tiles, cudaStream_t stream) {
+            float scale, const int32_t* tiles, int64_t n_tiles_x, bool persistent, cudaStream_t stream) {
   CUtensorMap tq, tk, tv;
   const int64_t row = h * kD;
   if (!make_map(&tq, q, nq, h, row, kBM) || !make_map(&tk, k, nk, h, row, BN) || !make_map(&tv, v, nk, h, row, BN))
@@ -442,11 +504,13 @@ bool launch(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o
     MG_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Layout<BN>::kSmem));
   });
-  const int64_t gx = tiles ? n_tiles : (nq + kBM - 1) / kBM;
-  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(h));
-  flash_fwd_kernel<BN><<<grid, kThreads, Layout<BN>::kSmem, stream>>>(
-      tq, tk, tv, o, row, reinterpret_cast<const int4*>(tiles), static_cast<int>(nq), static_cast<int>(nk),
-      scale * 1.4426950408889634f);
+  const int64_t tx = tiles ? n_tiles_x : (nq + kBM - 1) / kBM;
+  const int64_t total = tx * h;
+  if (total > INT32_MAX) return false;
+  const int64_t grid = persistent && sm_count() > 0 ? std::min<int64_t>(total, sm_count()) : total;
+  flash_fwd_kernel<BN><<<static_cast<unsigned>(grid), kThreads, Layout<BN>::kSmem, stream>>>(
+      tq, tk, tv, o, row, reinterpret_cast<const int4*>(tiles), static_cast<int>(tx), static_cast<int>(total),
+      static_cast<int>(nq), static_cast<int>(nk), scale * 1.4426950408889634f);
   MG_CUDA_LAUNCH_CHECK();
   return true;
 }
@@ -467,10 +531,10 @@ bool flash_sm90_supported(int device) {
 }
 
 bool flash_sm90_dense(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t nq, int64_t nk,
-                      int64_t h, int64_t d, float scale, int block_n, cudaStream_t stream) {
+                      int64_t h, int64_t d, float scale, int block_n, bool persistent, cudaStream_t stream) {
   if (!sm90::shape_ok(q, k, v, o, nq, nk, h, d)) return false;
-  if (block_n == 176) return sm90::launch<176>(q, k, v, o, nq, nk, h, scale, nullptr, 0, stream);
-  if (block_n == 128) return sm90::launch<128>(q, k, v, o, nq, nk, h, scale, nullptr, 0, stream);
+  if (block_n == 176) return sm90::launch<176>(q, k, v, o, nq, nk, h, scale, nullptr, 0, persistent, stream);
+  if (block_n == 128) return sm90::launch<128>(q, k, v, o, nq, nk, h, scale, nullptr, 0, persistent, stream);
   return false;
 }
 
@@ -492,11 +556,13 @@ std::vector<int32_t> flash_sm90_tiles(const std::vector<int64_t>& lq, const std:
 
 bool flash_sm90_ragged(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t total_q,
                        int64_t total_k, int64_t h, int64_t d, float scale, const int32_t* tiles, int64_t n_tiles,
-                       int block_n, cudaStream_t stream) {
+                       int block_n, bool persistent, cudaStream_t stream) {
   if (!sm90::shape_ok(q, k, v, o, total_q, total_k, h, d) || !tiles || n_tiles <= 0 || n_tiles > INT32_MAX)
     return false;
-  if (block_n == 176) return sm90::launch<176>(q, k, v, o, total_q, total_k, h, scale, tiles, n_tiles, stream);
-  if (block_n == 128) return sm90::launch<128>(q, k, v, o, total_q, total_k, h, scale, tiles, n_tiles, stream);
+  if (block_n == 176)
+    return sm90::launch<176>(q, k, v, o, total_q, total_k, h, scale, tiles, n_tiles, persistent, stream);
+  if (block_n == 128)
+    return sm90::launch<128>(q, k, v, o, total_q, total_k, h, scale, tiles, n_tiles, persistent, stream);
   return false;
 }
 

@@ -36,17 +36,18 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 // Whether `device` is an sm_90 GPU and the driver encodes TMA tensor maps.
 bool flash_sm90_supported(int device);
 // Dense non-causal attention, q [nq, h, d], k and v [nk, h, d], o [nq, h, d], bf16, d = 128;
-// block_n (128 or 176) key rows per step. False (nothing launched) where the call does not fit
-// the kernel: another d, unaligned pointers, a tensor map the driver refuses.
+// block_n (128 or 176) key rows per step; persistent: one CTA per SM looping over the tiles
+// of 128 query rows, else one CTA per tile. False (nothing launched) where the call does not
+// fit the kernel: another d, unaligned pointers, a tensor map the driver refuses.
 bool flash_sm90_dense(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t nq, int64_t nk,
-                      int64_t h, int64_t d, float scale, int block_n, cudaStream_t stream);
+                      int64_t h, int64_t d, float scale, int block_n, bool persistent, cudaStream_t stream);
 // Ragged: segments packed back to back, q/o [total_q, h, d], k/v [total_k, h, d]; `tiles` (on
 // the device) holds n_tiles groups of four int32, flash_sm90_tiles' table: each 128 query
 // rows of a segment with the end of its segment, its first key row and its key count.
 std::vector<int32_t> flash_sm90_tiles(const std::vector<int64_t>& lq, const std::vector<int64_t>& lk);
 bool flash_sm90_ragged(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t total_q,
                        int64_t total_k, int64_t h, int64_t d, float scale, const int32_t* tiles, int64_t n_tiles,
-                       int block_n, cudaStream_t stream);
+                       int block_n, bool persistent, cudaStream_t stream);
 
 // ---- logging from the kernels' host code (defined in cuda_ops.cpp, through spdlog) ------------
 void log_warning(const std::string& msg);

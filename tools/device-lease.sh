@@ -148,6 +148,21 @@ tune() {
   done
 }
 
+# tools/flash_probe.cu built into $OUT, then its checks on odd shapes (both grid modes)
+flash_probe_step() {
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Xptxas -v -o "$OUT/flash_probe" \
+    tools/flash_probe.cu kernels/flash_sm90.cu >"$OUT/flash-build.log" 2>&1 ||
+    { tail -20 "$OUT/flash-build.log"; return 1; }
+  grep -E "C75|spill" "$OUT/flash-build.log" | sort | uniq -c | cut -c1-160
+  for persist in 1 0; do
+    for shape in "1000 2 0 128" "1000 2 0 176" "777 3 0 176 $persist 1500" "200 1 0 128 $persist 100" "4096 4 0 176"; do
+      set -- $shape
+      [ $# -eq 4 ] && set -- "$@" $persist
+      timeout 30 "$OUT/flash_probe" "$@" 2>&1 | grep check | cut -c1-240
+    done
+  done
+}
+
 case "${1:-}" in
   diag)
     # the eighth session's first call: the unrun kernels checked (GPU tests, verify) and
@@ -279,6 +294,12 @@ case "${1:-}" in
     # after sm90 and peer (carry .debs, .golden/wan-c): the GPU tests again, verify on the
     # third set, the CPU-vs-GPU renders and CpuAndGpuAgree, the attention bench (each case
     # says which kernel ran) and the 1.3B with the choice logged
+    flash_probe_step
+    for persist in 1 0; do
+      timeout 60 "$OUT/flash_probe" 32760 12 300 176 $persist 2>&1 | tail -1 | cut -c1-200
+      timeout 60 "$OUT/flash_probe" 131072 40 30 176 $persist 131072 2048 2>&1 | tail -1 | cut -c1-200
+    done
+    rm -f "$OUT/flash_probe"
     build_here mogagen mogagen_bench mogagen_tests || exit 1
     timeout 240 build/mogagen_tests --gtest_filter='CudaOps.*:BenchOptions.*' >"$OUT/gputests.log" 2>&1
     echo "GPU tests: exit $?"
@@ -298,21 +319,20 @@ case "${1:-}" in
     grep -E "median|kept|attention:" "$OUT/dit13.log" | cut -c1-200
     ;;
   flash)
-    # kernels/flash_sm90.cu alone (tools/flash_probe.cu): correctness on odd shapes, then
-    # sustained against the peer's cuDNN SDPA, alternately (FLASH_BN: block sizes to time)
-    nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Xptxas -v -o "$OUT/flash_probe" \
-      tools/flash_probe.cu kernels/flash_sm90.cu >"$OUT/flash-build.log" 2>&1 ||
-      { tail -20 "$OUT/flash-build.log"; exit 1; }
-    grep -E "C75|registers|spill" "$OUT/flash-build.log" | cut -c1-160
-    (cuobjdump -sass "$OUT/flash_probe" >"$OUT/flash.sass") 2>/dev/null
-    for shape in "1000 2 0 128" "1000 2 0 176" "777 3 0 176 1500" "200 1 0 128 100" "4096 4 0 176"; do
-      timeout 30 "$OUT/flash_probe" $shape 2>&1 | head -3 | cut -c1-240
-    done
+    # kernels/flash_sm90.cu alone (tools/flash_probe.cu): correctness on odd shapes, one CTA
+    # per tile and persistent, then sustained against the peer's cuDNN SDPA, alternately, and
+    # ragged segments of 2,048 and 1,560 rows
+    flash_probe_step
     for round in 1 2; do
-      for bn in ${FLASH_BN:-176 128}; do
-        timeout 60 "$OUT/flash_probe" 32760 12 300 "$bn" 2>&1 | tail -2 | cut -c1-200
+      for persist in 1 0; do
+        timeout 60 "$OUT/flash_probe" 32760 12 300 176 $persist 2>&1 | tail -2 | cut -c1-200
       done
       timeout 90 python3 tools/peer/sdpa_sustained.py 12 300 2>&1 | tail -1 | cut -c1-200
+    done
+    for seg in 2048 1560; do
+      for persist in 1 0; do
+        timeout 60 "$OUT/flash_probe" 131072 40 30 176 $persist 131072 $seg 2>&1 | tail -2 | cut -c1-200
+      done
     done
     ;;
   gputests)

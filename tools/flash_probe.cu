@@ -3,7 +3,9 @@
 // peer's part_attn) and sustained (ITERS calls back to back, median). Built on the GPU
 // machine by tools/device-lease.sh (`flash` step):
 //   nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels tools/flash_probe.cu kernels/flash_sm90.cu
-// usage: flash_probe TOKENS HEADS ITERS BLOCK_N [KV_TOKENS]
+// usage: flash_probe TOKENS HEADS ITERS BLOCK_N PERSISTENT [KV_TOKENS [SEGMENT]]
+// SEGMENT > 0: the timed calls are ragged, segments of SEGMENT query and key rows (the check
+// stays the dense call's).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -94,13 +96,15 @@ __global__ void reference(const uint16_t* q, const uint16_t* k, const uint16_t* 
 }
 
 int main(int argc, char** argv) {
-  if (argc < 5) {
-    std::fprintf(stderr, "usage: flash_probe TOKENS HEADS ITERS BLOCK_N [KV_TOKENS]\n");
+  if (argc < 6) {
+    std::fprintf(stderr, "usage: flash_probe TOKENS HEADS ITERS BLOCK_N PERSISTENT [KV_TOKENS [SEGMENT]]\n");
     return 2;
   }
   const int64_t nq = std::atoll(argv[1]), h = std::atoll(argv[2]);
   const int iters = std::atoi(argv[3]), bn = std::atoi(argv[4]);
-  const int64_t nk = argc > 5 ? std::atoll(argv[5]) : nq;
+  const bool persist = std::atoi(argv[5]) != 0;
+  const int64_t nk = argc > 6 ? std::atoll(argv[6]) : nq;
+  const int64_t seg = argc > 7 ? std::atoll(argv[7]) : 0;
   const float scale = 1.f / std::sqrt(128.f);
   try {
     if (!flash_sm90_supported(0)) {
@@ -118,7 +122,7 @@ int main(int argc, char** argv) {
     MG_CUDA_CHECK(cudaMemset(o, 0xFF, nq * h * 256));  // NaN where a row is not written
     cudaStream_t st;
     MG_CUDA_CHECK(cudaStreamCreate(&st));
-    if (!flash_sm90_dense(q, k, v, o, nq, nk, h, 128, scale, bn, st)) {
+    if (!flash_sm90_dense(q, k, v, o, nq, nk, h, 128, scale, bn, persist, st)) {
       std::printf("{\"error\": \"flash_sm90_dense refused the call\"}\n");
       return 1;
     }
@@ -169,25 +173,49 @@ int main(int argc, char** argv) {
                 (long long)nq, (long long)nk, (long long)h, bn, rel, maxabs, (long long)nan, (long long)nan_all);
     std::fflush(stdout);
 
-    const double flop = 4.0 * nq * nk * 128.0 * h;
+    double flop = 4.0 * nq * nk * 128.0 * h;
+    // the timed call: dense, or ragged over segments of `seg` rows
+    int32_t* dtiles = nullptr;
+    int64_t n_tiles = 0;
+    if (seg > 0) {
+      std::vector<int64_t> lq, lk;
+      flop = 0;
+      for (int64_t r = 0; r < std::min(nq, nk); r += seg) {
+        const int64_t n = std::min(seg, std::min(nq, nk) - r);
+        lq.push_back(n);
+        lk.push_back(n);
+        flop += 4.0 * n * n * 128.0 * h;
+      }
+      const std::vector<int32_t> t = flash_sm90_tiles(lq, lk);
+      n_tiles = static_cast<int64_t>(t.size() / 4);
+      MG_CUDA_CHECK(cudaMalloc(&dtiles, t.size() * 4));
+      MG_CUDA_CHECK(cudaMemcpy(dtiles, t.data(), t.size() * 4, cudaMemcpyHostToDevice));
+    }
+    auto call = [&] {
+      if (seg > 0)
+        flash_sm90_ragged(q, k, v, o, nq, nk, h, 128, scale, dtiles, n_tiles, bn, persist, st);
+      else
+        flash_sm90_dense(q, k, v, o, nq, nk, h, 128, scale, bn, persist, st);
+    };
     cudaEvent_t a, b;
     MG_CUDA_CHECK(cudaEventCreate(&a));
     MG_CUDA_CHECK(cudaEventCreate(&b));
     // burst: one warm-up, three calls
-    flash_sm90_dense(q, k, v, o, nq, nk, h, 128, scale, bn, st);
+    call();
     MG_CUDA_CHECK(cudaEventRecord(a, st));
-    for (int i = 0; i < 3; ++i) flash_sm90_dense(q, k, v, o, nq, nk, h, 128, scale, bn, st);
+    for (int i = 0; i < 3; ++i) call();
     MG_CUDA_CHECK(cudaEventRecord(b, st));
     MG_CUDA_CHECK(cudaEventSynchronize(b));
     float ms;
     MG_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    std::printf("{\"what\": \"burst\", \"bn\": %d, \"h\": %lld, \"ms\": %.3f, \"tflops\": %.1f}\n", bn, (long long)h,
-                ms / 3, flop / (ms / 3 * 1e-3) / 1e12);
+    std::printf("{\"what\": \"burst\", \"bn\": %d, \"persistent\": %d, \"seg\": %lld, \"h\": %lld, \"ms\": %.3f, "
+                "\"tflops\": %.1f}\n",
+                bn, int(persist), (long long)seg, (long long)h, ms / 3, flop / (ms / 3 * 1e-3) / 1e12);
     std::fflush(stdout);
     std::vector<float> ts;
     for (int i = 0; i < iters; ++i) {
       MG_CUDA_CHECK(cudaEventRecord(a, st));
-      flash_sm90_dense(q, k, v, o, nq, nk, h, 128, scale, bn, st);
+      call();
       MG_CUDA_CHECK(cudaEventRecord(b, st));
       MG_CUDA_CHECK(cudaEventSynchronize(b));
       MG_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
@@ -196,8 +224,9 @@ int main(int argc, char** argv) {
     if (!ts.empty()) {
       std::sort(ts.begin(), ts.end());
       const float med = ts[ts.size() / 2];
-      std::printf("{\"what\": \"sustained\", \"bn\": %d, \"h\": %lld, \"iters\": %d, \"ms\": %.3f, \"tflops\": %.1f}\n",
-                  bn, (long long)h, iters, med, flop / (med * 1e-3) / 1e12);
+      std::printf("{\"what\": \"sustained\", \"bn\": %d, \"persistent\": %d, \"seg\": %lld, \"h\": %lld, "
+                  "\"iters\": %d, \"ms\": %.3f, \"tflops\": %.1f}\n",
+                  bn, int(persist), (long long)seg, (long long)h, iters, med, flop / (med * 1e-3) / 1e12);
     }
     return 0;
   } catch (const std::exception& e) {
