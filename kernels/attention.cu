@@ -51,7 +51,11 @@ static KernelMode kernel_mode_from_env() {
 // same heads are timed apart. Ours where it ran faster on the class's first call.
 struct KernelChoice {
   static constexpr int kBlockN = 176;  // key rows per step (the faster of 128 and 176 on the H200)
-  static constexpr bool kPersistent = true;  // one CTA per SM looping over tiles
+  // One CTA per SM looping over the tiles where each tile is short (its next tile's loads then
+  // hide its start-up): key segments up to 16,384 rows. Longer ones run one CTA per tile: CTAs
+  // that start together stay in step along the keys and share them in L2, where looping CTAs
+  // drift apart (dense 187,200 tokens: 578 TFLOP/s looping against 646; docs/performance.md).
+  static bool persistent(int64_t longest_keys) { return longest_keys <= 16384; }
   KernelMode mode;
   bool sm90;  // an sm_90 GPU whose driver encodes tensor maps, and not forced to cuDNN
   std::map<std::array<int64_t, 4>, bool> ours;
@@ -958,7 +962,7 @@ bool Sdpa::dense(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const 
                    {const_cast<uint16_t*>(q), const_cast<uint16_t*>(k), const_cast<uint16_t*>(v), o, &sc});
     return true;
   };
-  auto mine = [&] { return flash_sm90_dense(q, k, v, o, nq, nk, h, d, scale, KernelChoice::kBlockN, KernelChoice::kPersistent, impl_->stream); };
+  auto mine = [&] { return flash_sm90_dense(q, k, v, o, nq, nk, h, d, scale, KernelChoice::kBlockN, KernelChoice::persistent(nk), impl_->stream); };
   return impl_->choice.run({0, h, d, KernelChoice::bits(nk)}, impl_->stream, mine, cudnn);
 }
 
@@ -993,7 +997,7 @@ bool Sdpa::ragged(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const
     impl_->upload(table.get(), tiles.data(), bytes);
     return flash_sm90_ragged(q, k, v, o, tq, tk, h, d, scale, static_cast<const int32_t*>(table.get()),
                              static_cast<int64_t>(tiles.size() / 4), KernelChoice::kBlockN,
-                             KernelChoice::kPersistent, impl_->stream);
+                             KernelChoice::persistent(mk), impl_->stream);
   };
   auto cudnn = [&]() -> bool {
     if (!cudnn_head_dim_ok(d) || !impl_->ready()) return false;
@@ -1066,7 +1070,7 @@ bool Sdpa::dense(DeviceMemory&, const uint16_t* q, const uint16_t* k, const uint
   if (nq <= 0 || nk <= 0) return false;
   return impl_->choice.run(
       {0, h, d, KernelChoice::bits(nk)}, impl_->stream,
-      [&] { return flash_sm90_dense(q, k, v, o, nq, nk, h, d, scale, KernelChoice::kBlockN, KernelChoice::kPersistent, impl_->stream); },
+      [&] { return flash_sm90_dense(q, k, v, o, nq, nk, h, d, scale, KernelChoice::kBlockN, KernelChoice::persistent(nk), impl_->stream); },
       [] { return false; });
 }
 bool Sdpa::ragged(DeviceMemory& mem, const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o,

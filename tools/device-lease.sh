@@ -11,7 +11,9 @@
 # (the tree, .debs and the three golden sets together exceed the 64 MiB a call carries)
 # issue 4 closes on same-lease ratios only, so `peer` follows `measure` in the same lease.
 # Our attention kernel (eleventh session): `flash` (the kernel alone, tools/flash_probe.cu),
-# `sm90` (carry .debs, .golden/wan-a, .golden/moga-a: the engine with it), then `peer`.
+# `sm90` (carry .debs, .golden/wan-a, .golden/moga-a: the engine with it), then `peer`;
+# `sm90b` (carry .debs and .golden/wan-c's dit, t5, sched, report.json); `final` (below),
+# then `peer`.
 # For a training run (issue 6; run 12 ships since the ninth session):
 #   OUT=$OUT tools/device-lease.sh train1    # checks (background) + training part 1 (~530 s)
 #   OUT=$OUT tools/device-lease.sh train2    # training part 2 + export, model copied out (~530 s)
@@ -317,6 +319,36 @@ case "${1:-}" in
     timeout 100 build/mogagen_bench dit --model 1.3b --iters 8 --log verbose >"$OUT/dit13.log" 2>&1
     echo "dit 1.3b: exit $?"
     grep -E "median|kept|attention:" "$OUT/dit13.log" | cut -c1-200
+    ;;
+  final)
+    # the final tree (carry .debs, .golden/wan-a, .golden/moga-a, .golden/wan-c/dit and its
+    # report.json): the GPU tests, verify, the renders, issue 4's benches (ours with the kernel
+    # chosen per shape class, and the 1.3B with cuDNN's forced); then `peer` in the same lease
+    build_here mogagen mogagen_bench mogagen_tests || exit 1
+    timeout 240 build/mogagen_tests --gtest_filter='CudaOps.*:BenchOptions.*' >"$OUT/gputests.log" 2>&1
+    echo "GPU tests: exit $?"
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|FAILED" "$OUT/gputests.log" | head -20 | cut -c1-200
+    OUT="$OUT" timeout 200 tools/device-check.sh golden >"$OUT/verify.log" 2>&1
+    echo "verify: exit $?"
+    grep "==" "$OUT/device-check.txt" | cut -c1-160
+    timeout 200 tools/check-gpu-cpu.sh build >"$OUT/check-gpu-cpu.log" 2>&1
+    echo "check-gpu-cpu: exit $?"
+    tail -2 "$OUT/check-gpu-cpu.log" | cut -c1-200
+    agree_step
+    bench_step() {  # bench_step NAME ARGS...: the bench's summary lines
+      local name=$1
+      shift
+      timeout 200 "$@" >"$OUT/$name.log" 2>&1
+      echo "$name: exit $?"
+      grep -E "median|TFLOP/s|attention:|decode|kept" "$OUT/$name.log" | cut -c1-200
+    }
+    bench_step attention build/mogagen_bench attention --log verbose
+    bench_step dit13 build/mogagen_bench dit --model 1.3b --iters 8 --log verbose
+    bench_step dit13-cudnn env MOGAGEN_ATTENTION_KERNEL=cudnn build/mogagen_bench dit --model 1.3b --iters 8
+    bench_step dit14 build/mogagen_bench dit --model 14b --iters 3
+    bench_step dit13-profile build/mogagen_bench dit --model 1.3b --iters 3 --profile on
+    bench_step t5 build/mogagen_bench t5 --tokens 512
+    bench_step vae build/mogagen_bench vae
     ;;
   flash)
     # kernels/flash_sm90.cu alone (tools/flash_probe.cu): correctness on odd shapes, one CTA

@@ -128,7 +128,11 @@ int main(int argc, char** argv) {
     }
     MG_CUDA_CHECK(cudaStreamSynchronize(st));
 
-    // Correctness on sampled rows: the first and last 64, and 64 spread between.
+    // Correctness on sampled rows: the first and last 64, and 64 spread between (the
+    // reference keeps a row's scores in shared memory: up to 50,000 keys).
+    if (nk > 50000) {
+      std::printf("{\"what\": \"check\", \"skipped\": \"more keys than the reference holds\"}\n");
+    } else {
     std::vector<int> rows;
     for (int i = 0; i < 64 && i < nq; ++i) rows.push_back(i);
     for (int i = 0; i < 64; ++i) rows.push_back(static_cast<int>((nq - 1) * (i + 0.5) / 64));
@@ -172,6 +176,7 @@ int main(int argc, char** argv) {
                 "\"max_abs\": %.3e, \"nonfinite_sampled\": %lld, \"nonfinite_all\": %lld}\n",
                 (long long)nq, (long long)nk, (long long)h, bn, rel, maxabs, (long long)nan, (long long)nan_all);
     std::fflush(stdout);
+    }
 
     double flop = 4.0 * nq * nk * 128.0 * h;
     // the timed call: dense, or ragged over segments of `seg` rows
