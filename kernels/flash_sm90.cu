@@ -1,9 +1,11 @@
 // Fused attention forward for Hopper (sm_90a): bf16 q/k/v/o, float32 softmax, head size 128,
 // non-causal; our own kernel beside cuDNN's (kernels/attention.cu), built in the manner of
 // FlashAttention-3 (Shah et al. 2024):
-//  * one CTA per 128 query rows of one head: a producer warp issues TMA loads of K and V
-//    tiles (kBN rows, 128B swizzle) into a two-stage ring guarded by mbarriers; two consumer
-//    warpgroups of 64 query rows each run the wgmma instructions and the softmax;
+//  * a CTA takes tiles of 128 query rows of one head (one tile, or, persistent, one CTA per
+//    SM looping over the tiles): a producer warp issues TMA loads of Q and of K and V tiles
+//    (BN rows, 128B swizzle) into a two-stage ring guarded by mbarriers, running on across
+//    tiles; two consumer warpgroups of 64 query rows each run the wgmma instructions and the
+//    softmax;
 //  * S = Q K^T reads both operands from shared memory; O += P V takes P from registers (the
 //    accumulator fragment of S is the A fragment of the next instruction, no shuffles);
 //  * within a warpgroup, the next block's Q K^T runs while the softmax of the current one is
@@ -18,8 +20,10 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -479,15 +483,27 @@ bool make_map(CUtensorMap* map, const uint16_t* base, int64_t rows, int64_t head
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, count = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      count = 0;
-    return count;
-  }();
-  return n;
+// The current device's SM count, and its shared-memory opt-in for flash_fwd_kernel<BN> made
+// once (a function attribute holds per device).
+struct DeviceSetup {
+  int sms = 0;
+  bool ok = false;
+};
+template <int BN>
+DeviceSetup device_setup() {
+  static std::mutex mu;
+  static std::map<int, DeviceSetup> done;
+  int dev = 0;
+  MG_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = done.find(dev);
+  if (it != done.end()) return it->second;
+  DeviceSetup d;
+  if (cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) d.sms = 0;
+  d.ok = cudaFuncSetAttribute(flash_fwd_kernel<BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              Layout<BN>::kSmem) == cudaSuccess;
+  if (!d.ok) cudaGetLastError();  // the call falls back; the error is not left for the next check
+  return done.emplace(dev, d).first->second;
 }
 
 // persistent: one CTA per SM, each looping over the tiles (the next tile's loads overlap the
@@ -499,15 +515,12 @@ bool launch(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o
   const int64_t row = h * kD;
   if (!make_map(&tq, q, nq, h, row, kBM) || !make_map(&tk, k, nk, h, row, BN) || !make_map(&tv, v, nk, h, row, BN))
     return false;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    MG_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       Layout<BN>::kSmem));
-  });
+  const DeviceSetup dev = device_setup<BN>();
+  if (!dev.ok) return false;
   const int64_t tx = tiles ? n_tiles_x : (nq + kBM - 1) / kBM;
   const int64_t total = tx * h;
   if (total > INT32_MAX) return false;
-  const int64_t grid = persistent && sm_count() > 0 ? std::min<int64_t>(total, sm_count()) : total;
+  const int64_t grid = persistent && dev.sms > 0 ? std::min<int64_t>(total, dev.sms) : total;
   flash_fwd_kernel<BN><<<static_cast<unsigned>(grid), kThreads, Layout<BN>::kSmem, stream>>>(
       tq, tk, tv, o, row, reinterpret_cast<const int4*>(tiles), static_cast<int>(tx), static_cast<int>(total),
       static_cast<int>(nq), static_cast<int>(nk), scale * 1.4426950408889634f);
@@ -516,8 +529,9 @@ bool launch(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o
 }
 
 bool shape_ok(const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, int64_t nq, int64_t nk,
-              int64_t h, int64_t d) {
-  return d == kD && nq > 0 && nk > 0 && h > 0 && h <= 65535 && nq < (int64_t{1} << 30) &&
+              int64_t h, int64_t d, float scale) {
+  // scale > 0: the running maximum of the scores is the maximum of the scaled ones
+  return d == kD && scale > 0.0f && std::isfinite(scale) && nq > 0 && nk > 0 && h > 0 && h <= 65535 && nq < (int64_t{1} << 30) &&
          nk < (int64_t{1} << 30) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(o);
 }
 
@@ -532,7 +546,7 @@ bool flash_sm90_supported(int device) {
 
 bool flash_sm90_dense(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t nq, int64_t nk,
                       int64_t h, int64_t d, float scale, int block_n, bool persistent, cudaStream_t stream) {
-  if (!sm90::shape_ok(q, k, v, o, nq, nk, h, d)) return false;
+  if (!sm90::shape_ok(q, k, v, o, nq, nk, h, d, scale)) return false;
   if (block_n == 176) return sm90::launch<176>(q, k, v, o, nq, nk, h, scale, nullptr, 0, persistent, stream);
   if (block_n == 128) return sm90::launch<128>(q, k, v, o, nq, nk, h, scale, nullptr, 0, persistent, stream);
   return false;
@@ -557,7 +571,7 @@ std::vector<int32_t> flash_sm90_tiles(const std::vector<int64_t>& lq, const std:
 bool flash_sm90_ragged(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, int64_t total_q,
                        int64_t total_k, int64_t h, int64_t d, float scale, const int32_t* tiles, int64_t n_tiles,
                        int block_n, bool persistent, cudaStream_t stream) {
-  if (!sm90::shape_ok(q, k, v, o, total_q, total_k, h, d) || !tiles || n_tiles <= 0 || n_tiles > INT32_MAX)
+  if (!sm90::shape_ok(q, k, v, o, total_q, total_k, h, d, scale) || !tiles || n_tiles <= 0 || n_tiles > INT32_MAX)
     return false;
   if (block_n == 176)
     return sm90::launch<176>(q, k, v, o, total_q, total_k, h, scale, tiles, n_tiles, persistent, stream);
