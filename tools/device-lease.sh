@@ -150,6 +150,37 @@ tune() {
   done
 }
 
+# The GPU tests of build/ (CudaOps.*, BenchOptions.*)
+gputests_step() {
+  timeout 240 build/mogagen_tests --gtest_filter='CudaOps.*:BenchOptions.*' >"$OUT/gputests.log" 2>&1
+  echo "GPU tests: exit $?"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|FAILED" "$OUT/gputests.log" | head -20 | cut -c1-200
+}
+
+# verify --device cuda on the carried golden sets (VERIFY_SETS: only those named)
+verify_step() {
+  OUT="$OUT" timeout 200 tools/device-check.sh golden >"$OUT/verify.log" 2>&1
+  echo "verify: exit $?"
+  grep "==" "$OUT/device-check.txt" | cut -c1-160
+}
+
+# the CPU-vs-GPU renders (tools/check-gpu-cpu.sh), then CpuAndGpuAgree
+renders_step() {
+  timeout 200 tools/check-gpu-cpu.sh build >"$OUT/check-gpu-cpu.log" 2>&1
+  echo "check-gpu-cpu: exit $?"
+  tail -2 "$OUT/check-gpu-cpu.log" | cut -c1-200
+  agree_step
+}
+
+# bench_step NAME COMMAND...: a bench's log to $OUT/NAME.log, its summary lines printed
+bench_step() {
+  local name=$1
+  shift
+  timeout 200 "$@" >"$OUT/$name.log" 2>&1
+  echo "$name: exit $?"
+  grep -E "median|TFLOP/s|attention:|decode|peak|kept" "$OUT/$name.log" | cut -c1-200
+}
+
 # tools/flash_probe.cu built into $OUT, then its checks on odd shapes (both grid modes)
 flash_probe_step() {
   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Xptxas -v -o "$OUT/flash_probe" \
@@ -271,19 +302,8 @@ case "${1:-}" in
     # the GPU tests, verify --device cuda on both sets, then issue 4's benches with the
     # attention kernel chosen per shape class (the default) and with cuDNN's forced
     build_here mogagen mogagen_bench mogagen_tests || exit 1
-    timeout 240 build/mogagen_tests --gtest_filter='CudaOps.*:BenchOptions.*' >"$OUT/gputests.log" 2>&1
-    echo "GPU tests: exit $?"
-    grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|sm90|FAILED" "$OUT/gputests.log" | head -30 | cut -c1-200
-    VERIFY_SETS="wan-a moga-a" OUT="$OUT" timeout 200 tools/device-check.sh golden >"$OUT/verify.log" 2>&1
-    echo "verify: exit $?"
-    grep "==" "$OUT/device-check.txt" | cut -c1-160
-    bench_step() {  # bench_step NAME ARGS...: the bench's summary lines
-      local name=$1
-      shift
-      timeout 200 "$@" >"$OUT/$name.log" 2>&1
-      echo "$name: exit $?"
-      grep -E "median|TFLOP/s|attention:|decode|peak" "$OUT/$name.log" | cut -c1-200
-    }
+    gputests_step
+    VERIFY_SETS="wan-a moga-a" verify_step
     bench_step dit13 build/mogagen_bench dit --model 1.3b --iters 8
     bench_step dit13-cudnn env MOGAGEN_ATTENTION_KERNEL=cudnn build/mogagen_bench dit --model 1.3b --iters 8
     bench_step dit13-profile build/mogagen_bench dit --model 1.3b --iters 3 --profile on --log verbose
@@ -293,9 +313,9 @@ case "${1:-}" in
     bench_step vae build/mogagen_bench vae
     ;;
   sm90b)
-    # after sm90 and peer (carry .debs, .golden/wan-c): the GPU tests again, verify on the
-    # third set, the CPU-vs-GPU renders and CpuAndGpuAgree, the attention bench (each case
-    # says which kernel ran) and the 1.3B with the choice logged
+    # after sm90 and peer (carry .debs, .golden/wan-c's dit, t5, sched and report.json): the
+    # probe with both grids, the GPU tests again, verify on the third set, the renders, the
+    # attention bench (each case says which kernel ran) and the 1.3B with the choice logged
     flash_probe_step
     for persist in 1 0; do
       timeout 60 "$OUT/flash_probe" 32760 12 300 176 $persist 2>&1 | tail -1 | cut -c1-200
@@ -303,45 +323,20 @@ case "${1:-}" in
     done
     rm -f "$OUT/flash_probe"
     build_here mogagen mogagen_bench mogagen_tests || exit 1
-    timeout 240 build/mogagen_tests --gtest_filter='CudaOps.*:BenchOptions.*' >"$OUT/gputests.log" 2>&1
-    echo "GPU tests: exit $?"
-    grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|FAILED" "$OUT/gputests.log" | head -20 | cut -c1-200
-    VERIFY_SETS="wan-c" OUT="$OUT" timeout 200 tools/device-check.sh golden >"$OUT/verify.log" 2>&1
-    echo "verify: exit $?"
-    grep "==" "$OUT/device-check.txt" | cut -c1-160
-    timeout 200 tools/check-gpu-cpu.sh build >"$OUT/check-gpu-cpu.log" 2>&1
-    echo "check-gpu-cpu: exit $?"
-    tail -3 "$OUT/check-gpu-cpu.log" | cut -c1-200
-    agree_step
-    timeout 150 build/mogagen_bench attention --log verbose >"$OUT/attention.log" 2>&1
-    echo "bench attention: exit $?"
-    grep -E "^attention|kept" "$OUT/attention.log" | cut -c1-200
-    timeout 100 build/mogagen_bench dit --model 1.3b --iters 8 --log verbose >"$OUT/dit13.log" 2>&1
-    echo "dit 1.3b: exit $?"
-    grep -E "median|kept|attention:" "$OUT/dit13.log" | cut -c1-200
+    gputests_step
+    VERIFY_SETS="wan-c" verify_step
+    renders_step
+    bench_step attention build/mogagen_bench attention --log verbose
+    bench_step dit13 build/mogagen_bench dit --model 1.3b --iters 8 --log verbose
     ;;
   final)
     # the final tree (carry .debs, .golden/wan-a, .golden/moga-a, .golden/wan-c/dit and its
     # report.json): the GPU tests, verify, the renders, issue 4's benches (ours with the kernel
     # chosen per shape class, and the 1.3B with cuDNN's forced); then `peer` in the same lease
     build_here mogagen mogagen_bench mogagen_tests || exit 1
-    timeout 240 build/mogagen_tests --gtest_filter='CudaOps.*:BenchOptions.*' >"$OUT/gputests.log" 2>&1
-    echo "GPU tests: exit $?"
-    grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|FAILED" "$OUT/gputests.log" | head -20 | cut -c1-200
-    OUT="$OUT" timeout 200 tools/device-check.sh golden >"$OUT/verify.log" 2>&1
-    echo "verify: exit $?"
-    grep "==" "$OUT/device-check.txt" | cut -c1-160
-    timeout 200 tools/check-gpu-cpu.sh build >"$OUT/check-gpu-cpu.log" 2>&1
-    echo "check-gpu-cpu: exit $?"
-    tail -2 "$OUT/check-gpu-cpu.log" | cut -c1-200
-    agree_step
-    bench_step() {  # bench_step NAME ARGS...: the bench's summary lines
-      local name=$1
-      shift
-      timeout 200 "$@" >"$OUT/$name.log" 2>&1
-      echo "$name: exit $?"
-      grep -E "median|TFLOP/s|attention:|decode|kept" "$OUT/$name.log" | cut -c1-200
-    }
+    gputests_step
+    verify_step
+    renders_step
     bench_step attention build/mogagen_bench attention --log verbose
     bench_step dit13 build/mogagen_bench dit --model 1.3b --iters 8 --log verbose
     bench_step dit13-cudnn env MOGAGEN_ATTENTION_KERNEL=cudnn build/mogagen_bench dit --model 1.3b --iters 8
@@ -370,9 +365,7 @@ case "${1:-}" in
   gputests)
     # a fresh machine: build, then the GPU tests and the bench's tests
     build_here mogagen mogagen_bench mogagen_tests || exit 1
-    timeout 200 build/mogagen_tests --gtest_filter='BenchOptions.*:CudaOps.*' >"$OUT/gputests.log" 2>&1
-    echo "GPU tests: exit $?"
-    grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran" "$OUT/gputests.log" | head -20
+    gputests_step
     ;;
   diag13)
     # after train1/train2 (their build): the trained model on both devices, issue 5's 1.3B

@@ -1,7 +1,7 @@
 // flash_probe: kernels/flash_sm90.cu alone, without the engine: checks its output against a
 // float32 reference on sampled rows and times it, burst (one warm-up, three calls, as the
-// peer's part_attn) and sustained (ITERS calls back to back, median). Built on the GPU
-// machine by tools/device-lease.sh (`flash` step):
+// peer's part_attn) and sustained (ITERS calls back to back, median). Built with the CUDA
+// backend (target flash_probe), and alone by tools/device-lease.sh (`flash` step):
 //   nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels tools/flash_probe.cu kernels/flash_sm90.cu
 // usage: flash_probe TOKENS HEADS ITERS BLOCK_N PERSISTENT [KV_TOKENS [SEGMENT]]
 // SEGMENT > 0: the timed calls are ragged, segments of SEGMENT query and key rows (the check
