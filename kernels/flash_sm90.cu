@@ -81,7 +81,8 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 }
 __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2) {
   asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(dst),
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 }
@@ -474,7 +475,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 bool make_map(CUtensorMap* map, const uint16_t* base, int64_t rows, int64_t heads, int64_t row, int box_rows) {
   auto fn = encode_fn();
   if (!fn) return false;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kD), static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kD), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(kD * 2), static_cast<cuuint64_t>(row * 2)};
   const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t estr[3] = {1, 1, 1};
@@ -531,7 +533,8 @@ bool launch(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o
 bool shape_ok(const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, int64_t nq, int64_t nk,
               int64_t h, int64_t d, float scale) {
   // scale > 0: the running maximum of the scores is the maximum of the scaled ones
-  return d == kD && scale > 0.0f && std::isfinite(scale) && nq > 0 && nk > 0 && h > 0 && h <= 65535 && nq < (int64_t{1} << 30) &&
+  return d == kD && scale > 0.0f && std::isfinite(scale) && nq > 0 && nk > 0 && h > 0 && h <= 65535 &&
+         nq < (int64_t{1} << 30) &&
          nk < (int64_t{1} << 30) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(o);
 }
 
