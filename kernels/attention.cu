@@ -84,21 +84,9 @@ struct KernelChoice {
         bool pick = can_mine;
         if (can_mine && can_cudnn) {
           float t[2] = {0.0f, 0.0f};
-          cudaEvent_t e0, e1;
-          MG_CUDA_CHECK(cudaEventCreate(&e0));
-          MG_CUDA_CHECK(cudaEventCreate(&e1));
-          for (const int i : {0, 1, 1, 0}) {
-            MG_CUDA_CHECK(cudaEventRecord(e0, stream));
-            const bool ran = i == 0 ? mine() : cudnn();  // both ran above: no side effects differ
-            (void)ran;
-            MG_CUDA_CHECK(cudaEventRecord(e1, stream));
-            MG_CUDA_CHECK(cudaEventSynchronize(e1));
-            float ms = 0.0f;
-            MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-            t[i] += ms / 2.0f;
-          }
-          cudaEventDestroy(e0);
-          cudaEventDestroy(e1);
+          EventTimer timer(stream);
+          for (const int i : {0, 1, 1, 0})  // both ran above
+            t[i] += timer.ms([&] { return i == 0 ? mine() : cudnn(); }) / 2.0f;
           pick = t[0] <= t[1];
           log_debug(std::string("attention ") + (key[0] ? "ragged" : "dense") + " h=" + std::to_string(key[1]) +
                     " keys < 2^" + std::to_string(key[3]) + ": sm90 " + std::to_string(t[0]) + " ms, cuDNN " +

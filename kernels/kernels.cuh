@@ -66,6 +66,43 @@ int tune_ms_from_env();
 // other value: a warning ("NAME='v' is not <what>; using <dflt>") and dflt.
 long env_count(const char* name, long lo, long hi, long dflt, const char* what);
 
+// Times work enqueued on `stream` between two events (made here, destroyed with the timer).
+class EventTimer {
+ public:
+  explicit EventTimer(cudaStream_t stream) : stream_(stream) {
+    MG_CUDA_CHECK(cudaEventCreate(&a_));
+    const cudaError_t e = cudaEventCreate(&b_);
+    if (e != cudaSuccess) {
+      cudaEventDestroy(a_);
+      MG_CUDA_CHECK(e);
+    }
+  }
+  ~EventTimer() {
+    cudaEventDestroy(a_);
+    cudaEventDestroy(b_);
+  }
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  // Up to `reps` back-to-back runs of run() (it says whether it ran; the first false stops
+  // them): the milliseconds per run. *ok (optional): whether every run ran.
+  template <typename Run>
+  float ms(Run&& run, int reps = 1, bool* ok = nullptr) {
+    MG_CUDA_CHECK(cudaEventRecord(a_, stream_));
+    bool all = true;
+    for (int r = 0; r < reps && all; ++r) all = run();
+    MG_CUDA_CHECK(cudaEventRecord(b_, stream_));
+    MG_CUDA_CHECK(cudaEventSynchronize(b_));
+    float t = 0.0f;
+    MG_CUDA_CHECK(cudaEventElapsedTime(&t, a_, b_));
+    if (ok) *ok = all;
+    return t / float(reps);
+  }
+
+ private:
+  cudaStream_t stream_;
+  cudaEvent_t a_ = nullptr, b_ = nullptr;
+};
+
 // Which of n candidates (cuDNN engines or algorithms, cuBLASLt algorithms) runs fastest on
 // `stream`, on the operands of a real call: run(i) launches candidate i and says whether it
 // ran (it must be repeatable). Each is timed with events; a run under 100 ms is timed a
@@ -76,25 +113,11 @@ long env_count(const char* name, long lo, long hi, long dflt, const char* what);
 template <typename Run>
 size_t fastest_of(size_t n, cudaStream_t stream, Run&& run, float* best_ms = nullptr,
                   std::vector<float>* times = nullptr) {
-  cudaEvent_t e0, e1;
-  MG_CUDA_CHECK(cudaEventCreate(&e0));
-  MG_CUDA_CHECK(cudaEventCreate(&e1));
-  struct Events {
-    cudaEvent_t a, b;
-    ~Events() {
-      cudaEventDestroy(a);
-      cudaEventDestroy(b);
-    }
-  } events{e0, e1};
+  EventTimer timer(stream);
   // reps back-to-back runs of candidate i: the time per run, in ms
   auto timed = [&](size_t i, int reps, float& ms) {
-    MG_CUDA_CHECK(cudaEventRecord(e0, stream));
     bool ok = true;
-    for (int r = 0; r < reps && ok; ++r) ok = run(i);
-    MG_CUDA_CHECK(cudaEventRecord(e1, stream));
-    MG_CUDA_CHECK(cudaEventSynchronize(e1));
-    MG_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    ms /= float(reps);
+    ms = timer.ms([&] { return run(i); }, reps, &ok);
     return ok;
   };
   std::vector<float> t(n, -1.0f);

@@ -197,35 +197,19 @@ int main(int argc, char** argv) {
       MG_CUDA_CHECK(cudaMemcpy(dtiles, t.data(), t.size() * 4, cudaMemcpyHostToDevice));
     }
     auto call = [&] {
-      if (seg > 0)
-        flash_sm90_ragged(q, k, v, o, nq, nk, h, 128, scale, dtiles, n_tiles, bn, persist, st);
-      else
-        flash_sm90_dense(q, k, v, o, nq, nk, h, 128, scale, bn, persist, st);
+      return seg > 0 ? flash_sm90_ragged(q, k, v, o, nq, nk, h, 128, scale, dtiles, n_tiles, bn, persist, st)
+                     : flash_sm90_dense(q, k, v, o, nq, nk, h, 128, scale, bn, persist, st);
     };
-    cudaEvent_t a, b;
-    MG_CUDA_CHECK(cudaEventCreate(&a));
-    MG_CUDA_CHECK(cudaEventCreate(&b));
+    EventTimer timer(st);
     // burst: one warm-up, three calls
     call();
-    MG_CUDA_CHECK(cudaEventRecord(a, st));
-    for (int i = 0; i < 3; ++i) call();
-    MG_CUDA_CHECK(cudaEventRecord(b, st));
-    MG_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms;
-    MG_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    const float ms = timer.ms(call, 3);
     std::printf("{\"what\": \"burst\", \"bn\": %d, \"persistent\": %d, \"seg\": %lld, \"h\": %lld, \"ms\": %.3f, "
                 "\"tflops\": %.1f}\n",
-                bn, int(persist), (long long)seg, (long long)h, ms / 3, flop / (ms / 3 * 1e-3) / 1e12);
+                bn, int(persist), (long long)seg, (long long)h, ms, flop / (ms * 1e-3) / 1e12);
     std::fflush(stdout);
     std::vector<float> ts;
-    for (int i = 0; i < iters; ++i) {
-      MG_CUDA_CHECK(cudaEventRecord(a, st));
-      call();
-      MG_CUDA_CHECK(cudaEventRecord(b, st));
-      MG_CUDA_CHECK(cudaEventSynchronize(b));
-      MG_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-      ts.push_back(ms);
-    }
+    for (int i = 0; i < iters; ++i) ts.push_back(timer.ms(call));
     if (!ts.empty()) {
       std::sort(ts.begin(), ts.end());
       const float med = ts[ts.size() / 2];

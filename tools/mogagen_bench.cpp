@@ -357,7 +357,8 @@ void fill_operand(uint16_t* p, int64_t n, uint32_t seed, const std::string& oper
 // default, as the PyTorch peer's torch.randn), magnitudes 1/16 to 4 (`unit`) or 2^-6 to 1
 // (`small`, the benches up to the eighth session). Under the H200's power cap the size of
 // the operands changes the speed by a few percent (docs/performance.md, ninth session).
-// One untimed call builds the cuDNN plan; then the median of the timed calls.
+// One untimed call builds the cuDNN plan (and, on sm_90, times our kernel against cuDNN's
+// for the shape class); then the median of the timed calls, and which kernel ran them.
 void bench_attention_case(Ops& ops, const char* what, const std::vector<int64_t>& seg_q,
                           const std::vector<int64_t>& seg_kv, int64_t H, int64_t d, int iters,
                           const std::string& operands) {
